@@ -1,0 +1,75 @@
+"""Dense (one-shot) calibration statistics, computed once and cached on disk."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..models.adapters import decoder_blocks, prunable_linears
+from .blocks import BlockRunner
+from ..models.gguf_cache import default_cache_dir
+from .cache import cache_key, load_stats, model_fingerprint, save_stats
+from .capture import BlockStats, capture_statistics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StatisticsResult:
+    stats: list[BlockStats]
+    info: dict = field(default_factory=dict)
+
+
+def dense_statistics(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    with_gram: bool = False,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    cache_dir=None,
+    use_cache: bool = True,
+    windows_info: dict | None = None,
+    progress: bool = True,
+) -> StatisticsResult:
+    """Statistics of every prunable linear layer of the dense model (one-shot mode).
+
+    Looked up in the on-disk cache first (key: model fingerprint, calibration windows, settings);
+    a cache with a Gram matrix also serves a request without one.
+    """
+    blocks = decoder_blocks(model)
+    windows_sha = (windows_info or {}).get("windows_sha256") or _sha(input_ids)
+    fingerprint = model_fingerprint(blocks, prunable_linears)
+    base = dict(model=fingerprint, windows=windows_sha, mode="one-shot", dtype=str(next(model.parameters()).dtype))
+    keys = [cache_key(**base, gram=True)] + ([] if with_gram else [cache_key(**base, gram=False)])
+    root = default_cache_dir(cache_dir)
+    info = dict(mode="one-shot", with_gram=with_gram, n_windows=int(input_ids.shape[0]), seqlen=int(input_ids.shape[1]),
+                windows_sha256=windows_sha, model_fingerprint=fingerprint)
+    start = time.perf_counter()
+    if use_cache:
+        for key in keys:
+            stats = load_stats(root, key)
+            if stats is not None:
+                info.update(cache="hit", cache_key=key, seconds=round(time.perf_counter() - start, 3))
+                return StatisticsResult(stats, info)
+    runner = BlockRunner(model, blocks, input_ids, batch_size=batch_size, device=device)
+    stats = capture_statistics(runner, prunable_linears, mode="one-shot", with_gram=with_gram, progress=progress)
+    info.update(cache="miss" if use_cache else "off", seconds=round(time.perf_counter() - start, 3))
+    if use_cache:
+        key = keys[0] if with_gram else keys[-1]
+        try:
+            save_stats(root, key, stats, settings=base | {"gram": with_gram})
+            info["cache_key"] = key
+        except OSError as exc:  # a full disk must not lose the statistics just computed
+            log.warning("could not write the statistics cache in %s: %s", root, exc)
+    return StatisticsResult(stats, info)
+
+
+def _sha(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.cpu().contiguous().numpy().tobytes()).hexdigest()

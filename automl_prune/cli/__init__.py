@@ -1,0 +1,41 @@
+"""The ``automl-prune`` command line: prune, eval, stats."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import PruningError, UserError
+from . import eval_cmd, prune_cmd, stats_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="automl-prune", description="AutoML search over pruning metrics, sparsity "
+                                "allocations and patterns for LLMs; prune, evaluate and export.")
+    p.add_argument("--version", action="version", version=f"automl-prune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (prune_cmd, eval_cmd, stats_cmd):
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"automl-prune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except PruningError as exc:
+        print(f"automl-prune: pruning failed: {exc}", file=sys.stderr)
+        return PruningError.exit_code
+    except KeyboardInterrupt:
+        print("automl-prune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

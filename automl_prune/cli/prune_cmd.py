@@ -1,0 +1,124 @@
+"""`automl-prune prune`: prune a model with a named method or a plan file, evaluate, export."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..pruning.methods import METHODS, plan_for_method
+from ..pruning.plan import PruningPlan
+from . import common
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model with a method or plan, evaluate it and export it",
+                       description="Prune a model with a named method or a plan file, evaluate dense vs pruned "
+                                   "perplexity, and save the pruned model with plan.yaml and metrics.json.")
+    common.add_model_options(p)
+    what = p.add_argument_group("what to prune")
+    src = what.add_mutually_exclusive_group(required=True)
+    src.add_argument("--method", metavar="NAME", help=f"named method: {', '.join(METHODS)}")
+    src.add_argument("--plan", metavar="FILE", help="pruning plan YAML (e.g. best.yaml of a search)")
+    what.add_argument("--sparsity", type=float, metavar="S", help="unstructured sparsity in [0, 1) (default 0.5)")
+    what.add_argument("--pattern", metavar="N:M", help="N:M pattern, N of every M weights kept (e.g. 2:4)")
+    what.add_argument("--mode", choices=["one-shot", "sequential"], help="statistics of the dense model, or of the "
+                      "already pruned earlier blocks (default one-shot)")
+    what.add_argument("--update", choices=["none", "sparsegpt"], help="weight update after masking (default none)")
+    common.add_calibration_options(p)
+    common.add_data_dir_option(p)
+    common.add_eval_options(p)
+    p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
+    p.add_argument("--kl", action="store_true", help="also report KL(dense || pruned) on the evaluation windows")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the statistics cache")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the pruned model")
+    p.set_defaults(func=run)
+
+
+def build_plan(args: argparse.Namespace) -> PruningPlan:
+    if args.sparsity is not None and args.pattern is not None:
+        raise UserError("give either --sparsity (unstructured) or --pattern N:M, not both")
+    if args.plan:
+        plan = PruningPlan.load(args.plan)
+        overrides = {k: v for k, v in dict(mode=args.mode, update=args.update).items() if v is not None}
+        if args.sparsity is not None:
+            overrides.update(sparsity=args.sparsity, pattern="unstructured", layer_sparsity={})
+        if args.pattern is not None:
+            overrides.update(pattern=args.pattern, sparsity=None, layer_sparsity={})
+        return PruningPlan.from_dict(plan.to_dict() | overrides, source=f"plan {args.plan} with command-line overrides") if overrides else plan
+    pattern = args.pattern or "unstructured"
+    sparsity = args.sparsity if args.sparsity is not None else (None if args.pattern else 0.5)
+    return plan_for_method(args.method, sparsity=sparsity, pattern=pattern, mode=args.mode or "one-shot", update=args.update)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import calibration_windows, evaluation_windows
+    from ..evaluation.kl import kl_to_dense
+    from ..evaluation.perplexity import perplexity
+    from ..export import export_pruned
+    from ..models.adapters import decoder_blocks, prunable_linears
+    from ..models.loading import load_model
+    from ..provenance import environment
+    from ..pruning.apply import needs_statistics, prune_model
+
+    common.resolve_quick(args)
+    plan = build_plan(args)  # fail on a bad plan before loading anything
+    sources = [] if args.no_eval else common.eval_sources(args.eval)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (out / "plan.yaml").exists():
+        raise UserError(f"output folder {out} exists and is not an automl-prune export; choose an empty or new folder")
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
+    bos = common.use_bos(args, model)
+    print(f"model: {args.model} ({loaded.info.get('n_params', 0) / 1e6:.1f}M parameters, {loaded.info['model_type']}, {device})")
+    print(f"plan:  {plan.describe()}")
+
+    calib = None
+    if needs_statistics(plan):
+        calib = calibration_windows(args.calib, tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                                    data_dir=args.data_dir, split=args.calib_split, text_field=args.text_field, bos=bos)
+    evals = {s: evaluation_windows(s, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=args.data_dir, bos=bos)
+             for s in sources}
+
+    dense_ppl = {s: perplexity(model, w.input_ids, device=device, desc=f"dense ppl {s}") for s, w in evals.items()}
+    modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
+    dense_weights = {n: m.weight.data.clone() for n, m in modules.items()} if args.kl and evals else None
+
+    result = prune_model(model, plan, None if calib is None else calib.input_ids, batch_size=args.batch_size, device=device,
+                         cache_dir=args.cache_dir, use_cache=not args.no_cache, windows_info=None if calib is None else calib.info)
+    pruned_ppl = {s: perplexity(model, w.input_ids, device=device, desc=f"pruned ppl {s}") for s, w in evals.items()}
+    kl = {s: kl_to_dense(model, modules, dense_weights, w.input_ids, device=device) for s, w in evals.items()} if dense_weights else {}
+
+    metrics = {
+        "model": loaded.info,
+        "plan": plan.to_dict(),
+        "mode": plan.mode,
+        "calibration": None if calib is None else calib.info,
+        "statistics": result.info.get("calibration"),
+        "prune_seconds": result.info["seconds"],
+        "realised_sparsity": round(result.realised_sparsity, 6),
+        "evaluation": {s: {"data": evals[s].info, "dense": dense_ppl[s], "pruned": pruned_ppl[s], **({"kl": kl[s]} if s in kl else {})}
+                       for s in evals},
+        "layers": result.layers,
+        "environment": environment(device),
+        "command": shlex.join(["automl-prune", *sys.argv[1:]]),
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    export_pruned(model, tok, out, plan, metrics)
+    _summary(plan, result, dense_ppl, pruned_ppl, kl, out)
+    return 0
+
+
+def _summary(plan, result, dense_ppl, pruned_ppl, kl, out: Path) -> None:
+    print(f"\npruned {len(result.layers)} linear layers in {result.info['seconds']:.1f} s; realised sparsity "
+          f"{result.realised_sparsity:.2%} ({plan.mode})")
+    if dense_ppl:
+        print(f"{'data':<14}{'windows':>8}{'dense ppl':>12}{'pruned ppl':>12}" + ("{:>12}".format("KL") if kl else ""))
+        for s in dense_ppl:
+            d, p = dense_ppl[s], pruned_ppl[s]
+            extra = f"{kl[s]['kl']:>12.4f}" if s in kl else ""
+            print(f"{s:<14}{d['n_windows']:>8}{d['ppl']:>12.3f}{p['ppl']:>12.3f}{extra}")
+    print(f"saved to {out}/ (model, plan.yaml, metrics.json)")

@@ -1,0 +1,45 @@
+"""KL divergence of next-token distributions, dense vs pruned, on the same windows.
+
+Only one model lives in memory: the dense values of the pruned matrices are kept aside and
+swapped in and out (a pointer swap, no copy) around each window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@contextlib.contextmanager
+def swapped_weights(modules: dict[str, nn.Linear], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily give each module in ``modules`` the weight tensor of the same name."""
+    saved = {name: modules[name].weight.data for name in weights}
+    try:
+        for name, w in weights.items():
+            modules[name].weight.data = w
+        yield
+    finally:
+        for name, w in saved.items():
+            modules[name].weight.data = w
+
+
+@torch.no_grad()
+def kl_to_dense(model: nn.Module, modules: dict[str, nn.Linear], dense: dict[str, torch.Tensor], input_ids: torch.Tensor,
+                *, device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Mean per-token KL(dense || pruned) over the windows; ``dense`` maps module names to dense weights."""
+    start = time.perf_counter()
+    total, count = 0.0, 0
+    for i in tqdm(range(input_ids.shape[0]), desc="kl", unit="window", disable=not progress, leave=False):
+        ids = input_ids[i : i + 1].to(device)
+        logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+        with swapped_weights(modules, dense):
+            logq = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+        total += float(F.kl_div(logp, logq, log_target=True, reduction="sum"))
+        count += ids.numel()
+    return dict(kl=total / max(count, 1), n_tokens=count, seconds=round(time.perf_counter() - start, 3))

@@ -1,0 +1,33 @@
+"""Perplexity as the references compute it: exp(mean NLL over all predicted tokens) of fixed windows."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def window_nll(model: nn.Module, ids: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL of a batch of windows (b, seqlen) and the number of predicted tokens."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum")
+    return float(nll), int(ids[:, 1:].numel())
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, input_ids: torch.Tensor, *, batch_size: int = 1, device: torch.device | str = "cpu",
+               progress: bool = True, desc: str = "perplexity") -> dict:
+    """Perplexity over windows ``input_ids`` (n, seqlen): every window contributes seqlen - 1 predictions."""
+    start = time.perf_counter()
+    total, count = 0.0, 0
+    for s in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+        nll, n = window_nll(model, input_ids[s : s + batch_size].to(device))
+        total, count = total + nll, count + n
+    mean = total / max(count, 1)
+    return dict(ppl=math.exp(mean) if mean < 700 else float("inf"), nll=mean, n_windows=int(input_ids.shape[0]),
+                seqlen=int(input_ids.shape[1]), n_tokens=count, seconds=round(time.perf_counter() - start, 3))

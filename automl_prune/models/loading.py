@@ -1,0 +1,244 @@
+"""Load a causal language model and its tokenizer from an alias, a GGUF file, a folder or a hub id.
+
+``load_model`` is the one entry point. Whatever the source, the model comes back ready for
+pruning: in eval mode, gradients off, ``use_cache`` off, on the requested device and dtype.
+
+Spec resolution, in order:
+
+1. an offline alias (``smollm2-135m``, ``gemma3-270m``; see :mod:`.aliases`);
+2. a path to a ``.gguf`` file: dequantized once, then cached as safetensors (see :mod:`.gguf_cache`);
+3. an existing local folder in Hugging Face layout;
+4. otherwise a Hugging Face hub id (``org/name``), loaded with ``from_pretrained``; a spec that
+   looks like a path (``/``, ``./``, ``~``, ``.gguf``) but does not exist is a UserError instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from automl_prune.errors import UserError
+from automl_prune.models import gguf_cache
+from automl_prune.models.aliases import ResolvedAlias, get_alias, is_alias
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning, its tokenizer (None when the source has none), and provenance.
+
+    ``info`` keys: spec, path, source (alias|gguf|local|hub), model_type, dtype, device,
+    n_params, load_seconds; for GGUF sources also gguf_sha256, cache_path, cache_hit; for aliases
+    also alias.
+    """
+
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """``"float32"`` / ``"float16"`` / ``"bfloat16"`` -> torch dtype; UserError otherwise."""
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise UserError(f"Unsupported dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; any other torch device string is checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"Device {device!r} was requested but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def _looks_like_path(spec: str) -> bool:
+    """True for specs that cannot be hub ids (``org/name``): absolute, relative, ``~``, ``.gguf``."""
+    return spec.startswith((".", "~")) or spec.lower().endswith(".gguf") or not _HUB_ID.match(spec)
+
+
+def _prepare(model: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """Eval mode, no gradients, no KV cache, requested dtype and device."""
+    first = next(model.parameters(), None)
+    if first is not None and (first.dtype != dtype or first.device != device):
+        model = model.to(dtype=dtype, device=device)
+    model.eval()
+    model.requires_grad_(False)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    text_config = getattr(model.config, "text_config", None)
+    if text_config is not None and hasattr(text_config, "use_cache"):
+        text_config.use_cache = False
+    return model
+
+
+def _load_pretrained(source: str, dtype: torch.dtype, device: torch.device) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` without holding the weights twice."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "low_cpu_mem_usage": True}
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}  # load straight onto the accelerator
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+
+
+def _load_tokenizer(source: str) -> Any:
+    """The tokenizer saved with a model, or None when the source has none.
+
+    A local folder without tokenizer files gets None (AutoTokenizer would otherwise build an
+    empty tokenizer from the model config alone).
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        hint = f"; it holds {', '.join(ggufs)}: pass that file itself" if ggufs else ""
+        raise UserError(f"{folder} is a folder but not a Hugging Face model folder (no config.json){hint}")
+    try:
+        model = _load_pretrained(str(folder), dtype, device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"Could not load the model folder {folder}: {exc}") from exc
+    return model, _load_tokenizer(str(folder))
+
+
+def _load_hub(spec: str, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+    try:
+        model = _load_pretrained(spec, dtype, device)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"Could not load {spec!r} from the Hugging Face hub ({str(exc).splitlines()[0]}). "
+            "Without hub access pass a local folder, a .gguf file, or an offline alias "
+            "(smollm2-135m, gemma3-270m)."
+        ) from exc
+    return model, _load_tokenizer(spec)
+
+
+def _load_gguf(
+    cache_root: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    gguf_path: Path | None = None,
+    sha256: str | None = None,
+    locate: Callable[[Path], ResolvedAlias] | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load from the safetensors cache of a GGUF file, building the cache first when needed.
+
+    Either ``gguf_path`` is given, or ``locate`` (an alias's resolver), which is called only when
+    the GGUF file itself is needed: an alias with a published ``sha256`` and a complete cache
+    loads without touching (or assembling) its GGUF file.
+    """
+    if sha256 is None or not gguf_cache.is_complete(gguf_cache.cache_folder(cache_root, sha256), sha256):
+        if gguf_path is None:
+            resolved = locate(cache_root)
+            gguf_path, sha256 = resolved.path, resolved.sha256 or sha256
+        sha256 = sha256 or gguf_cache.sha256_file(gguf_path)
+    folder = gguf_cache.cache_folder(cache_root, sha256)
+    info = {"gguf_sha256": sha256, "cache_path": str(folder), "gguf_file": str(gguf_path) if gguf_path else None}
+
+    if gguf_cache.is_complete(folder, sha256):
+        model = _load_pretrained(str(folder), dtype, device)
+        return model, _load_tokenizer(str(folder)), {**info, "cache_hit": True}
+
+    gguf_cache.remove_folder(folder)  # absent, incomplete or corrupt
+    model, tokenizer = gguf_cache.dequantize_gguf(gguf_path)
+    gguf_cache.write_cache(model, tokenizer, folder, sha256=sha256, gguf_path=gguf_path)
+    return model, tokenizer, {**info, "cache_hit": False}
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load a causal LM for pruning from an alias, a ``.gguf`` file, a local folder or a hub id.
+
+    Args:
+        spec: ``smollm2-135m`` / ``gemma3-270m``, a path to a ``.gguf`` file or to a Hugging Face
+            model folder, or a hub id such as ``HuggingFaceTB/SmolLM2-135M``.
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N``.
+        cache_dir: root of the GGUF cache; default ``$AUTOML_PRUNE_CACHE`` or ``~/.cache/automl-prune``.
+
+    Raises:
+        UserError: bad dtype or device, missing path, unloadable model, unreachable hub.
+        MissingPackageError: an alias package or ``gguf`` is not installed.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError("No model given: pass an alias (smollm2-135m, gemma3-270m), a .gguf file, a folder or a hub id")
+    spec = spec.strip()
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    cache_root = gguf_cache.default_cache_dir(cache_dir)
+    start = time.perf_counter()
+    info: dict[str, Any] = {"spec": spec}
+
+    path = Path(spec).expanduser()
+    if is_alias(spec) and not path.exists():
+        alias = get_alias(spec)
+        gguf_cache.require_gguf_package()
+        model, tokenizer, extra = _load_gguf(
+            cache_root, torch_dtype, torch_device, sha256=alias.sha256, locate=alias.locate
+        )
+        info.update(source="alias", alias=alias.name, path=extra["gguf_file"] or extra["cache_path"], **extra)
+    elif path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model folder")
+        gguf_cache.require_gguf_package()
+        model, tokenizer, extra = _load_gguf(cache_root, torch_dtype, torch_device, gguf_path=path.resolve())
+        info.update(source="gguf", path=str(path.resolve()), **extra)
+    elif path.is_dir():
+        model, tokenizer = _load_folder(path.resolve(), torch_dtype, torch_device)
+        info.update(source="local", path=str(path.resolve()))
+    elif _looks_like_path(spec):
+        raise UserError(
+            f"No such file or folder: {spec}. Pass an existing .gguf file or model folder, "
+            "or an offline alias (smollm2-135m, gemma3-270m)."
+        )
+    else:
+        model, tokenizer = _load_hub(spec, torch_dtype, torch_device)
+        info.update(source="hub", path=spec)
+
+    model = _prepare(model, torch_dtype, torch_device)
+    info.update(
+        model_type=getattr(model.config, "model_type", None),
+        model_class=type(model).__name__,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        device=str(torch_device),
+        n_params=sum(p.numel() for p in model.parameters()),
+        load_seconds=round(time.perf_counter() - start, 3),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)

@@ -1,0 +1,91 @@
+"""Apply a pruning plan to a model: one call, one-shot or sequential."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..calibration.blocks import BlockRunner
+from ..calibration.capture import BlockStats, capture_statistics
+from ..calibration.dense import dense_statistics
+from ..models.adapters import decoder_blocks, prunable_linears
+from .layer import prune_weight
+from .plan import PruningPlan
+
+
+@dataclass
+class PruneResult:
+    """What was done: the plan, realised sparsity per layer, timings and calibration info."""
+
+    plan: PruningPlan
+    layers: dict[str, dict] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def realised_sparsity(self) -> float:
+        zeros = sum(v["zeros"] for v in self.layers.values())
+        total = sum(v["numel"] for v in self.layers.values())
+        return zeros / max(total, 1)
+
+
+def needs_statistics(plan: PruningPlan) -> bool:
+    return plan.update == "sparsegpt" or (plan.metric is not None and plan.metric.name != "magnitude")
+
+
+def prune_model(
+    model: nn.Module,
+    plan: PruningPlan,
+    input_ids: torch.Tensor | None = None,
+    *,
+    stats: list[BlockStats] | None = None,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    cache_dir=None,
+    use_cache: bool = True,
+    windows_info: dict | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` in place according to ``plan``.
+
+    One-shot mode scores every layer from statistics of the dense model (given, cached or
+    computed from ``input_ids``); sequential mode recomputes each block's statistics on the
+    outputs of the already pruned blocks. Returns realised sparsity per layer (counted from the
+    weights, not assumed).
+    """
+    blocks = decoder_blocks(model)
+    result = PruneResult(plan)
+    start = time.perf_counter()
+    need_stats = needs_statistics(plan)
+    with_gram = plan.update == "sparsegpt"
+    if need_stats and stats is None and input_ids is None:
+        raise ValueError("this plan needs calibration windows (input_ids) or precomputed statistics")
+
+    def prune_block(i: int, block: nn.Module, block_stats: BlockStats) -> None:
+        for name, lin in prunable_linears(block).items():
+            target = plan.sparsity_for(i, name, len(blocks))
+            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target)
+            lin.weight.data.copy_(new)
+            zeros = int((lin.weight == 0).sum())
+            result.layers[f"{i}.{name}"] = dict(target=round(target, 6), zeros=zeros, numel=lin.weight.numel(),
+                                                 sparsity=round(zeros / lin.weight.numel(), 6), **info)
+
+    if plan.mode == "sequential" and need_stats:
+        runner = BlockRunner(model, blocks, input_ids, batch_size=batch_size, device=device)
+        capture_statistics(runner, prunable_linears, mode="sequential", with_gram=with_gram, on_block=prune_block, progress=progress)
+        result.info["calibration"] = dict(mode="sequential", with_gram=with_gram, n_windows=int(input_ids.shape[0]),
+                                          seqlen=int(input_ids.shape[1]))
+    else:
+        if need_stats and stats is None:
+            computed = dense_statistics(model, input_ids, with_gram=with_gram, batch_size=batch_size, device=device,
+                                        cache_dir=cache_dir, use_cache=use_cache, windows_info=windows_info, progress=progress)
+            stats = computed.stats
+            result.info["calibration"] = computed.info
+        for i, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=not progress, leave=False)):
+            prune_block(i, block, stats[i] if stats is not None else {})
+    result.info["seconds"] = round(time.perf_counter() - start, 3)
+    result.info["mode"] = plan.mode
+    return result

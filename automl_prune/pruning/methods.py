@@ -1,0 +1,37 @@
+"""The named reference methods as pruning plans."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .plan import PruningPlan
+
+#: method name -> plan fields (metric and weight update); sparsity and pattern come from the user
+METHODS: dict[str, dict] = {
+    "magnitude": {"metric": {"name": "magnitude"}},
+    "wanda": {"metric": {"name": "wanda"}},
+    "ria": {"metric": {"name": "ria"}},
+    "stade": {"metric": {"name": "stade"}},
+    # BaWA defaults (design notes 4): sum form, alpha = beta = 1, gamma = 0.5
+    "bawa": {"metric": {"name": "bawa", "form": "sum", "alpha": 1.0, "beta": 1.0, "gamma": 0.5}},
+    "sparsegpt": {"metric": None, "update": "sparsegpt", "group": "column_block"},
+}
+
+
+def plan_for_method(
+    method: str,
+    *,
+    sparsity: float | None = None,
+    pattern: str = "unstructured",
+    mode: str = "one-shot",
+    update: str | None = None,
+) -> PruningPlan:
+    """The plan of a named method (``wanda``, ``sparsegpt``, ...) at a sparsity or N:M pattern."""
+    key = method.strip().lower()
+    if key not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or pass --plan FILE")
+    fields = dict(METHODS[key], pattern=pattern, mode=mode)
+    if sparsity is not None:
+        fields["sparsity"] = sparsity
+    if update is not None:
+        fields["update"] = update
+    return PruningPlan.from_dict(fields, source=f"method {method}")

@@ -1,0 +1,96 @@
+"""Cost of capturing calibration statistics relative to one plain forward pass over the same tokens.
+
+Measured side by side in one run (repeats interleaved, best of each kept) so that the ratio
+survives a shared, noisy machine. Writes JSON and a markdown table under benchmarks/results/.
+
+    python benchmarks/capture_cost.py --model smollm2-135m --calib c4 --nsamples 32 --seqlen 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from automl_prune.calibration.blocks import BlockRunner
+from automl_prune.calibration.cache import load_stats, save_stats
+from automl_prune.calibration.capture import capture_statistics
+from automl_prune.data import calibration_windows
+from automl_prune.models.adapters import decoder_blocks, prunable_linears
+from automl_prune.models.loading import load_model
+from automl_prune.provenance import environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def plain_forward(model, ids, batch_size):
+    with torch.no_grad():
+        for s in range(0, ids.shape[0], batch_size):
+            model.model(input_ids=ids[s : s + batch_size], use_cache=False)  # decoder only: no lm_head logits
+
+
+def capture(model, ids, batch_size, gram):
+    runner = BlockRunner(model, decoder_blocks(model), ids, batch_size=batch_size)
+    return capture_statistics(runner, prunable_linears, mode="one-shot", with_gram=gram, progress=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--calib", default="c4")
+    ap.add_argument("--nsamples", type=int, default=32)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--data-dir", default=os.environ.get("AUTOML_PRUNE_DATA_DIR"))
+    ap.add_argument("--out", default=str(RESULTS / "capture_cost"))
+    args = ap.parse_args()
+
+    loaded = load_model(args.model, device="cpu")
+    model = loaded.model
+    ids = calibration_windows(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=0,
+                              data_dir=args.data_dir).input_ids
+    cases = {
+        "plain forward (decoder, no logits)": lambda: plain_forward(model, ids, args.batch_size),
+        "capture, per-channel statistics": lambda: capture(model, ids, args.batch_size, False),
+        "capture, with Gram matrices": lambda: capture(model, ids, args.batch_size, True),
+    }
+    best = {k: float("inf") for k in cases}
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    stats = capture(model, ids, args.batch_size, True)
+    tmp = Path(args.out + "-cache")
+    save_stats(tmp, "k" * 64, stats, {})
+    t = time.perf_counter()
+    load_stats(tmp, "k" * 64)
+    warm_load = time.perf_counter() - t
+
+    base = best["plain forward (decoder, no logits)"]
+    tokens = ids.numel()
+    rows = [dict(case=k, seconds=round(v, 3), ratio_to_forward=round(v / base, 3), tokens_per_s=round(tokens / v, 1)) for k, v in best.items()]
+    report = dict(model=args.model, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size,
+                  repeats=args.repeats, tokens=tokens, rows=rows, warm_cache_load_seconds=round(warm_load, 3),
+                  environment=environment("cpu"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(report, indent=2))
+    lines = [f"Capture cost on {args.model}, {args.nsamples} x {args.seqlen} {args.calib} tokens, batch {args.batch_size}, "
+             f"best of {args.repeats} ({torch.get_num_threads()} threads)", "",
+             "| case | seconds | x plain forward | tokens/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['case']} | {r['seconds']} | {r['ratio_to_forward']} | {r['tokens_per_s']} |" for r in rows]
+    lines += ["", f"Warm load of the cached statistics (with Gram matrices): {warm_load:.2f} s"]
+    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

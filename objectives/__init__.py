@@ -1,0 +1,1 @@
+"""Objectives a candidate plan is scored by."""

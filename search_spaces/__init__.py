@@ -1,0 +1,1 @@
+"""Declarative search spaces: parameters <-> pruning plans."""

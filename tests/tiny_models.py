@@ -1,0 +1,102 @@
+"""Tiny random causal LMs of every supported family, for fast tests.
+
+Every model: hidden 64, intermediate 128, 2 layers, 4 heads (2 KV heads where the family has
+grouped-query attention), vocabulary 256, 256 positions, float32, eager attention (Gemma2 has no
+SDPA path in transformers 5.23, so eager is the one that works for all), eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB, POSITIONS = 64, 128, 2, 4, 2, 256, 256
+
+_COMMON = dict(
+    hidden_size=HIDDEN,
+    intermediate_size=INTERMEDIATE,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    max_position_embeddings=POSITIONS,
+    vocab_size=VOCAB,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+_GQA = dict(_COMMON, num_key_value_heads=KV_HEADS)
+
+#: family -> (config class name, config kwargs)
+_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", _GQA),
+    "mistral": ("MistralConfig", dict(_GQA, sliding_window=None)),
+    "qwen2": ("Qwen2Config", _GQA),
+    "qwen3": ("Qwen3Config", dict(_GQA, head_dim=16)),
+    "gemma": ("GemmaConfig", dict(_GQA, head_dim=16)),
+    "gemma2": ("Gemma2Config", dict(_GQA, head_dim=16, sliding_window=8)),
+    # layer 0 sliding (window 8 < 16 test tokens), layer 1 full: per-layer masks and RoPE differ
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(_GQA, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
+    ),
+    "phi": ("PhiConfig", _GQA),
+    "phi3": ("Phi3Config", _GQA),
+    "opt": (
+        "OPTConfig",
+        dict(
+            hidden_size=HIDDEN,
+            ffn_dim=INTERMEDIATE,
+            word_embed_proj_dim=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            max_position_embeddings=POSITIONS,
+            vocab_size=VOCAB,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "gpt_neox": ("GPTNeoXConfig", _COMMON),
+}
+
+#: Families with a tiny model; ``tiny_model(f)`` works for each.
+FAMILIES: list[str] = list(_CONFIGS)
+
+#: Linear layers per block for each family.
+LINEARS_PER_BLOCK: dict[str, int] = {
+    "llama": 7, "mistral": 7, "qwen2": 7, "qwen3": 7, "gemma": 7, "gemma2": 7, "gemma3": 7,
+    "phi": 6, "phi3": 4, "opt": 6, "gpt_neox": 4,
+}
+
+
+def tiny_config(family: str):
+    """The config of the tiny model of ``family``."""
+    if family not in _CONFIGS:
+        raise KeyError(f"no tiny model for {family!r}; families: {FAMILIES}")
+    cls_name, kwargs = _CONFIGS[family]
+    return getattr(transformers, cls_name)(**kwargs)
+
+
+def tiny_model(family: str, *, seed: int = 0) -> PreTrainedModel:
+    """A tiny random ``...ForCausalLM`` of ``family``, deterministic in ``seed``, in eval mode."""
+    config = tiny_config(family)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    return model.eval()
+
+
+def tiny_gemma3_multimodal(*, seed: int = 0) -> PreTrainedModel:
+    """A tiny ``Gemma3ForConditionalGeneration`` (model_type ``gemma3``) whose vision tower has
+    *more* blocks (3) than its language model (2): a generic "longest ModuleList" search would
+    pick the wrong one, the adapter table must not."""
+    text = tiny_config("gemma3")
+    text.vocab_size = 300
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    config = transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        boi_token_index=297, eoi_token_index=298, image_token_index=299,
+    )
+    torch.manual_seed(seed)
+    return transformers.Gemma3ForConditionalGeneration(config).eval()
