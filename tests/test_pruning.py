@@ -119,7 +119,7 @@ def _layer_error(dense_model, pruned_model, ids):
     dense, pruned = _linears(dense_model), _linears(pruned_model)
     for name, lin in dense.items():
         i, layer = name.split(".", 1)
-        d = (lin.weight - pruned[name].weight).double()
+        d = (lin.weight - pruned[name].weight).detach().double()
         total += float(torch.einsum("ij,jk,ik->", d, stats[int(i)][layer].gram.double(), d))
     return total
 

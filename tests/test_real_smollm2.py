@@ -5,7 +5,6 @@ Calibration here is small (16 x 256 C4 windows) to keep CI fast; the README tabl
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -74,7 +73,8 @@ def test_cli_prune_end_to_end(data_dir, session_cache, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "dense ppl" in run.stdout and "pruned ppl" in run.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["realised_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    # 2:4 zeroes exactly half; a few weights of the dequantized GGUF are zero already
+    assert 0.5 <= metrics["realised_sparsity"] < 0.5005
     assert metrics["calibration"]["seed"] == 0 and metrics["calibration"]["seqlen"] == 128
     assert metrics["mode"] == "one-shot" and "torch" in metrics["environment"]["versions"]
     ev = metrics["evaluation"]["wikitext2"]

@@ -65,6 +65,7 @@ class _StatsHooks:
             h.remove()
 
 
+@torch.no_grad()
 def _collect(runner: BlockRunner, index: int, linears: dict[str, nn.Linear], with_gram: bool, keep_outputs: bool) -> BlockStats:
     block = runner.blocks[index]
     hooks = _StatsHooks(linears, with_gram, runner.device)
@@ -80,6 +81,7 @@ def _collect(runner: BlockRunner, index: int, linears: dict[str, nn.Linear], wit
     return hooks.stats
 
 
+@torch.no_grad()
 def capture_statistics(
     runner: BlockRunner,
     linears_of: Callable[[nn.Module], dict[str, nn.Linear]],

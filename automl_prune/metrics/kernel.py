@@ -14,6 +14,14 @@ Guards (finite inputs give finite scores; the caller still checks for NaN/inf):
   whose scores are then 0 (the reference's 0/0 = NaN);
 - OptiShear coefficients use 1 / max(d, 1e-12); its ``log`` is log(t + 1e-12) and its ``exp``
   is exp(t - max t) (see :func:`_transform`).
+
+OptiShear reference: the released code (Liu et al. 2025, arXiv 2502.10735) is not in the code
+index we could search, so the operator semantics follow the design notes (section 4) and the
+paper: F in {identity, sqrt, square, exp, log, sigmoid, softmax(dim=1)} applied to |W| and to
+sqrt(scaler_row); C in {1, 1/row-sum, 1/column-sum, 1/(row-sum + column-sum), 1/total-sum,
+1/mean, 1/Frobenius} computed from |W| and from scaler_row (treated, as in Wanda's code, as a
+(1, in) row). Where the released code differs in a detail (the softmax axis, coefficients taken
+before/after the transform), this function is the place to change.
 """
 
 from __future__ import annotations
@@ -34,7 +42,14 @@ from automl_prune.metrics.spec import (
 EPS = 1e-12  # OptiShear: log(t + EPS) and 1 / max(d, EPS)
 
 # Comparison group each method uses in its reference code (design section 3).
-_DEFAULT_GROUP = {"magnitude": "matrix", "ria": "matrix", "wanda": "row", "stade": "row", "bawa": "row", "optishear": "row"}
+_DEFAULT_GROUP = {
+    "magnitude": "matrix",
+    "ria": "matrix",
+    "wanda": "row",
+    "stade": "row",
+    "bawa": "row",
+    "optishear": "row",
+}
 
 
 def default_group(metric: MetricSpec) -> str:
@@ -57,7 +72,9 @@ def score(metric: MetricSpec, weight: torch.Tensor, stats: LinearStats | None = 
     if stats is None:
         raise ValueError(f"metric {metric.name!r} needs calibration statistics (stats=None given)")
     if stats.in_features != weight.shape[1]:
-        raise ValueError(f"stats have {stats.in_features} input channels but the weight has in_features={weight.shape[1]}")
+        raise ValueError(
+            f"stats have {stats.in_features} input channels but the weight has in_features={weight.shape[1]}"
+        )
 
     def vec(t: torch.Tensor) -> torch.Tensor:  # per-channel float64 statistic -> float32 row (1, in)
         return t.to(device=weight.device, dtype=torch.float32).reshape(1, -1)

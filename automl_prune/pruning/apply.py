@@ -36,6 +36,7 @@ def needs_statistics(plan: PruningPlan) -> bool:
     return plan.update == "sparsegpt" or (plan.metric is not None and plan.metric.name != "magnitude")
 
 
+@torch.no_grad()
 def prune_model(
     model: nn.Module,
     plan: PruningPlan,

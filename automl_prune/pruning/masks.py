@@ -18,12 +18,15 @@ matrix / block). NaN scores count as +inf (pruned last).
 
 Speed: a full sort is not needed to pick the k lowest. We take the k-th smallest value per group
 with ``kthvalue`` (a selection, O(n)), prune everything below it, and fill the remaining count
-with the equal-valued entries in index order. On 2 CPU cores this is 2-3x faster than the
-reference ``torch.sort(..., stable=True)`` per row and 4-7x faster per matrix, with identical
-masks (see the benchmark numbers in the pull request notes / tests).
+with the equal-valued entries in index order; masks are identical to the references' stable
+sort. N:M ranks each entry inside its group by pairwise comparisons (M <= 16). Measured on
+2 CPU cores, 50%, 1536x576 and 576x1536 float32 scores (ours vs stable sort):
+per row 6-9 ms vs 14-21 ms, per matrix 10-14 ms vs 40-81 ms, 2:4 1.6 ms vs 7 ms.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -64,7 +67,7 @@ def _fill_ties(score: torch.Tensor, thresh: torch.Tensor, k: int) -> torch.Tenso
     below = score < thresh
     equal = score == thresh
     need = k - below.sum(1, keepdim=True)
-    return below | (equal & (equal.cumsum(1) <= need))
+    return below | (equal & (equal.cumsum(1, dtype=torch.int32) <= need))
 
 
 # ----- public: unstructured masks ------------------------------------------------------------------
@@ -152,10 +155,10 @@ def parse_pattern(text: str) -> tuple[int, int]:
     """Parse an N:M pattern such as ``"2:4"`` into ``(2, 4)``; UserError on bad input."""
     if not isinstance(text, str):
         raise UserError(f"an N:M pattern must be a string like '2:4', got {text!r}")
-    parts = text.strip().split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text, flags=re.ASCII)
+    if match is None:
         raise UserError(f"bad N:M pattern {text!r}: write it as two integers 'N:M', for example '2:4'")
-    n, m = (int(p) for p in parts)
+    n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
         raise UserError(f"bad N:M pattern {text!r}: need 0 < N < M (N weights kept of every M), for example '2:4'")
     return n, m
