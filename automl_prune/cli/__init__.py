@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.func(args)
     except UserError as exc:
@@ -35,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("automl-prune: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages only: no per-tensor bars from transformers."""
+    logging.getLogger("automl_prune").setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 if __name__ == "__main__":

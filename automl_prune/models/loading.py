@@ -14,6 +14,7 @@ Spec resolution, in order:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -33,6 +34,8 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -172,6 +175,7 @@ def _load_gguf(
         return model, _load_tokenizer(str(folder)), {**info, "cache_hit": True}
 
     gguf_cache.remove_folder(folder)  # absent, incomplete or corrupt
+    log.info("dequantizing %s to float32 once; the copy is cached in %s", gguf_path.name, folder)
     model, tokenizer = gguf_cache.dequantize_gguf(gguf_path)
     gguf_cache.write_cache(model, tokenizer, folder, sha256=sha256, gguf_path=gguf_path)
     return model, tokenizer, {**info, "cache_hit": False}
