@@ -1,4 +1,4 @@
-"""The ``automl-prune`` command line: prune, eval, stats."""
+"""The ``automl-prune`` command line: search, report, prune, eval, stats."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from ..errors import PruningError, UserError
-from . import eval_cmd, prune_cmd, stats_cmd
+from . import eval_cmd, prune_cmd, search_cmd, stats_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "allocations and patterns for LLMs; prune, evaluate and export.")
     p.add_argument("--version", action="version", version=f"automl-prune {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (prune_cmd, eval_cmd, stats_cmd):
+    for module in (search_cmd, prune_cmd, eval_cmd, stats_cmd):
         module.register(sub)
     return p
 

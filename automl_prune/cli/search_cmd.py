@@ -1,0 +1,59 @@
+"""`automl-prune search` and `automl-prune report`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="search pruning plans for a model (TPE, NSGA-III); resumable",
+                       description="Search the pruning metric / allocation / pattern space of a config for the plan "
+                                   "that suits this model, then compare the best plan(s) with the named methods on "
+                                   "held-out text. Re-running the same command resumes the study.")
+    p.add_argument("--config", metavar="FILE", help=f"study config YAML (default: {DEFAULT_CONFIG.name}, the offline quickstart)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<config name>)")
+    p.add_argument("--trials", type=int, metavar="N", help="total trial budget of the study (budget.trials)")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds of search in this run (budget.timeout)")
+    p.add_argument("--model", metavar="M", help="override the config's model")
+    p.add_argument("--data-dir", metavar="DIR", help="offline data folder (default $AUTOML_PRUNE_DATA_DIR)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default sqlite in the output folder)")
+    p.add_argument("--seed", type=int, metavar="K", help="searcher seed")
+    p.add_argument("--no-final", action="store_true", help="skip the held-out comparison at the end")
+    p.set_defaults(func=run)
+    r = sub.add_parser("report", help="rebuild report.md, trials.csv, plans and plots of a search folder")
+    r.add_argument("dir", metavar="DIR")
+    r.set_defaults(func=run_report)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..search.config import load_config
+    from ..search.run import run_search
+
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    overrides = {k: v for k, v in {"budget.trials": args.trials, "budget.timeout": args.timeout, "model": args.model,
+                                   "storage": args.storage, "searcher.seed": args.seed}.items() if v is not None}
+    data_dir = args.data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR")
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    config = load_config(config_path, overrides)  # every field checked before a model is loaded
+    out = Path(args.out) if args.out else Path("runs") / config_path.stem
+    report = run_search(config, out, final=not args.no_final)
+    print(f"\nreport: {report}")
+    print(report.read_text().split("## Plots")[0].split("## Held-out comparison")[-1].strip())
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..search.report import rebuild
+
+    folder = Path(args.dir)
+    if not (folder / "config.yaml").exists():
+        raise UserError(f"{folder} is not a search folder (no config.yaml); pass the --out folder of a search")
+    print(rebuild(folder))
+    return 0

@@ -1,0 +1,1 @@
+"""Search drivers: the loaded candidate context, searchers (Optuna, pymoo), studies, reports."""

@@ -1,0 +1,62 @@
+"""Score one candidate plan: a plain function of (plan, loaded context), shared by every executor."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..pruning.apply import PruneResult
+from ..pruning.plan import PruningPlan
+from .context import SearchContext
+
+
+class CandidateFailed(RuntimeError):
+    """The candidate could not be scored (non-finite value, numerical failure): fail its trial only."""
+
+
+@dataclass
+class CandidateScore:
+    values: list[float]
+    realised_sparsity: float
+    seconds: float
+    mask_hash: str
+    info: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def mask_hash(ctx: SearchContext) -> str:
+    """Hash of which weights are zero in every prunable layer: equal hashes = identical masks."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, m in ctx.modules.items():
+        h.update(name.encode())
+        h.update(np.packbits((m.weight == 0).cpu().numpy()).tobytes())
+    return h.hexdigest()
+
+
+
+def score_candidate(ctx: SearchContext, plan: PruningPlan, objectives: list, *, report=None,
+                    known: dict[str, list[float]] | None = None) -> CandidateScore:
+    """Apply ``plan`` to the context's weights and compute every objective.
+
+    ``report(value, step) -> stop`` is passed to the first objective (early stopping of a
+    single-objective study). ``known`` maps mask hashes to values already measured: a candidate
+    whose masks equal an earlier one's reuses them instead of being scored again.
+    """
+    start = time.perf_counter()
+    result = ctx.apply(plan)
+    digest = mask_hash(ctx)
+    if known is not None and digest in known:
+        return CandidateScore(list(known[digest]), result.realised_sparsity, time.perf_counter() - start, digest,
+                              {"reused": "mask"})
+    values = []
+    for i, objective in enumerate(objectives):
+        v = float(objective(ctx, result, report if i == 0 else None))
+        if not math.isfinite(v):
+            raise CandidateFailed(f"objective {objective.name} is {v}")
+        values.append(v)
+    return CandidateScore(values, result.realised_sparsity, time.perf_counter() - start, digest)

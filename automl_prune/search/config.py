@@ -1,0 +1,165 @@
+"""The study configuration: validated completely before any model is loaded.
+
+A config is YAML; unknown fields, wrong types, unknown spaces/objectives/searchers and impossible
+sparsities fail with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import UserError
+
+SEARCHERS = ("tpe", "nsga3", "pymoo-nsga3", "random")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibrationConfig(_Strict):
+    source: str = "c4"
+    nsamples: int = Field(32, ge=1)
+    seqlen: int = Field(512, ge=8)
+    seed: int = 0
+    split: str | None = None
+    text_field: str | None = None
+
+
+class ProbeConfig(_Strict):
+    """Windows the fast objectives run on: calibration-domain text drawn with another seed."""
+
+    source: str | None = None  # None: the calibration source
+    nsamples: int = Field(8, ge=1)
+    seqlen: int = Field(512, ge=8)
+    seed: int = 1
+
+
+class HeldoutConfig(_Strict):
+    source: str = "wikitext2"
+    seqlen: int = Field(1024, ge=8)
+    windows: int | None = Field(16, ge=1)
+
+
+class ObjectiveConfig(_Strict):
+    name: str
+    direction: Literal["minimize", "maximize"] | None = None  # None: the objective's own
+    params: dict[str, Any] = {}
+
+
+class SearcherConfig(_Strict):
+    name: Literal["tpe", "nsga3", "pymoo-nsga3", "random"] = "tpe"
+    seed: int = 0
+    population: int = Field(20, ge=2)
+    n_startup_trials: int = Field(10, ge=0)
+    seed_named_points: bool = True  # evaluate the known methods first (Optuna enqueue_trial)
+
+
+class BudgetConfig(_Strict):
+    trials: int | None = Field(60, ge=1)
+    timeout: float | None = Field(None, gt=0)  # seconds of search
+
+    @model_validator(mode="after")
+    def _some(self) -> "BudgetConfig":
+        if self.trials is None and self.timeout is None:
+            raise ValueError("give budget.trials, budget.timeout or both")
+        return self
+
+
+class FinalConfig(_Strict):
+    """The closing comparison on held-out text."""
+
+    baselines: list[str] = ["magnitude", "wanda", "ria", "stade", "bawa"]
+    top: int = Field(1, ge=0)  # best plans (single objective) or Pareto points evaluated
+    fidelity_sample: int = Field(8, ge=0)  # trials re-evaluated on held-out text for Spearman
+    export_best: bool = False  # also write the pruned best model as an HF folder
+
+
+class StudyConfig(_Strict):
+    """One search: model and data, the space, the objectives, the searcher and the budget."""
+
+    model: str = "smollm2-135m"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "auto"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    calibration: CalibrationConfig = CalibrationConfig()
+    probe: ProbeConfig = ProbeConfig()
+    heldout: HeldoutConfig = HeldoutConfig()
+    space: dict[str, Any] = {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
+                             "pattern": {"name": "unstructured", "sparsity": 0.5}}
+    objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="layer_recon")]
+    searcher: SearcherConfig = SearcherConfig()
+    budget: BudgetConfig = BudgetConfig()
+    executor: Literal["local", "ray"] = "local"
+    storage: str | None = None  # Optuna storage URL; default sqlite:///<out>/study.db
+    study_name: str | None = None
+    final: FinalConfig = FinalConfig()
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        if not v:
+            raise ValueError("at least one objective is needed")
+        names = [o.name for o in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives repeat a name: {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _executor(self) -> "StudyConfig":
+        if self.executor == "ray":
+            raise ValueError("executor 'ray' is not available yet; use executor: local")
+        return self
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    return f"field '{where}': {err['msg']}"
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study config (with dotted-key overrides such as ``budget.trials``)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {p} must hold a mapping")
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"invalid config{' ' + str(path) if path else ''}: {_first_error(exc)}") from None
+    _check_names(config)
+    return config
+
+
+def _check_names(config: StudyConfig) -> None:
+    """Spaces and objectives by name, checked without loading a model."""
+    from objectives import make_objective
+    from search_spaces import make_space
+
+    make_space(config.space)
+    for o in config.objectives:
+        make_objective(o.name, **o.params)
+    from ..pruning.methods import METHODS
+
+    unknown = [b for b in config.final.baselines if b not in METHODS]
+    if unknown:
+        raise UserError(f"invalid config: field 'final.baselines': unknown methods {unknown}; choose from {', '.join(METHODS)}")

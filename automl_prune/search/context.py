@@ -1,0 +1,63 @@
+"""Everything a candidate plan is scored with, loaded once: model, dense weights, statistics, windows.
+
+A candidate is applied to the model's weights in place (masks from scores; no model reload) and
+the dense weights are restored before the next one. Evaluating one candidate is a plain function
+of (plan, context), so a local loop and a Ray worker share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calibration.capture import BlockStats
+from ..models.adapters import decoder_blocks, prunable_linears
+from ..pruning.apply import PruneResult, prune_model
+from ..pruning.plan import PruningPlan
+
+
+@dataclass
+class SearchContext:
+    """A loaded model with its dense weights kept aside, dense statistics and fixed windows.
+
+    ``probe_ids``: windows the fast objectives use (calibration-domain text);
+    ``heldout_ids``: held-out evaluation windows (perplexity objective and final comparison);
+    ``memo``: per-context storage objectives use for what they compute once (dense outputs...).
+    """
+
+    model: nn.Module
+    stats: list[BlockStats]
+    probe_ids: torch.Tensor
+    heldout_ids: torch.Tensor | None = None
+    device: torch.device | str = "cpu"
+    tokenizer: Any = None
+    info: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.blocks = decoder_blocks(self.model)
+        self.modules: dict[str, nn.Linear] = {
+            f"{i}.{n}": lin for i, b in enumerate(self.blocks) for n, lin in prunable_linears(b).items()
+        }
+        self.dense: dict[str, torch.Tensor] = {k: m.weight.detach().clone() for k, m in self.modules.items()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the dense weights back."""
+        for k, m in self.modules.items():
+            m.weight.data.copy_(self.dense[k])
+
+    def apply(self, plan: PruningPlan) -> PruneResult:
+        """Restore the dense weights, then prune them in place with ``plan`` from the dense
+        (one-shot) statistics. The model stays pruned until the next ``apply`` or ``restore``."""
+        self.restore()
+        if plan.mode != "one-shot":  # candidates are scored from the dense statistics
+            plan = plan.model_copy(update={"mode": "one-shot"})
+        return prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False)
+
+    def pruned_delta(self, name: str) -> torch.Tensor:
+        """dW = W_dense - W_pruned of one layer (its current weights)."""
+        return self.dense[name] - self.modules[name].weight.detach()

@@ -1,0 +1,191 @@
+"""The local search loop: an Optuna study driven by ask/tell, one candidate at a time.
+
+The study lives in an Optuna storage (SQLite in the output folder by default), so re-running
+the same command resumes it: the trial budget counts every finished trial of the study, and
+values already measured are reused for candidates with the same canonical form or the same masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from .candidate import score_candidate
+from .config import StudyConfig
+from .context import SearchContext
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class SearchState:
+    """What the loop shares with its searchers: space, objectives, memo of measured values."""
+
+    config: StudyConfig
+    study: optuna.Study
+    space: object
+    profile: object
+    objectives: list
+    ctx: SearchContext
+    by_key: dict[str, list[float]] = field(default_factory=dict)
+    by_mask: dict[str, list[float]] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    new_trials: int = 0
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.objectives)
+
+    def finished(self) -> int:
+        return sum(t.state in FINISHED for t in self.study.get_trials(deepcopy=False))
+
+    def budget_left(self) -> bool:
+        b = self.config.budget
+        if b.trials is not None and self.finished() >= b.trials:
+            return False
+        return b.timeout is None or time.perf_counter() - self.started < b.timeout
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    s = config.searcher
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(population_size=s.population, seed=s.seed)
+    # random, and pymoo-nsga3 (pymoo proposes every candidate; the study only records them)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def directions_of(config: StudyConfig, objectives: list) -> list[str]:
+    return [c.direction or o.direction for c, o in zip(config.objectives, objectives)]
+
+
+def open_study(config: StudyConfig, out: Path, objectives: list) -> optuna.Study:
+    """Create the study, or load it when it exists (resume); its objectives must match the config."""
+    storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = config.study_name or "automl-prune"
+    directions = directions_of(config, objectives)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if len(objectives) == 1 else optuna.pruners.NopPruner()
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=make_sampler(config),
+                                    pruner=pruner, load_if_exists=True)
+    except (ValueError, ImportError) as exc:
+        raise UserError(f"cannot open the Optuna storage {storage!r}: {exc}") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise UserError(f"the study {name!r} in {storage} has directions {have}, but the config asks for {directions}; "
+                        "use another --out folder or study_name")
+    names = [o.name for o in config.objectives]
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", names)
+    elif stored != names:
+        raise UserError(f"the study {name!r} in {storage} was run with objectives {stored}, not {names}; "
+                        "use another --out folder or study_name")
+    return study
+
+
+def remember_finished(state: SearchState) -> None:
+    """Rebuild the memo of measured values from the study's completed trials (resume)."""
+    for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("canonical_key"):
+            state.by_key.setdefault(t.user_attrs["canonical_key"], list(t.values))
+        if t.user_attrs.get("mask_hash"):
+            state.by_mask.setdefault(t.user_attrs["mask_hash"], list(t.values))
+
+
+def _reporter(trial: optuna.Trial) -> Callable[[float, int], bool]:
+    def report(value: float, step: int) -> bool:
+        trial.report(value, step)
+        return trial.should_prune()
+
+    return report
+
+
+def evaluate_trial(state: SearchState, trial: optuna.Trial) -> list[float] | None:
+    """Decode, score and tell one trial; a failing candidate fails its trial only. Returns values."""
+    from objectives.base import TrialStopped
+
+    study = state.study
+    params = trial.params
+    try:
+        plan = state.space.decode(params, state.profile)
+        key = state.space.canonical_key(params)
+    except Exception as exc:  # noqa: BLE001 - a bad candidate fails its trial, never the study
+        trial.set_user_attr("error", f"decode: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("canonical_key", key)
+    trial.set_user_attr("plan", plan.to_dict())
+    state.new_trials += 1
+    if key in state.by_key:
+        trial.set_user_attr("reused", "canonical")
+        study.tell(trial, state.by_key[key])
+        return state.by_key[key]
+    report = _reporter(trial) if state.n_objectives == 1 else None
+    try:
+        score = score_candidate(state.ctx, plan, state.objectives, report=report, known=state.by_mask)
+    except TrialStopped:
+        study.tell(trial, state=TrialState.PRUNED)
+        return None
+    except KeyboardInterrupt:
+        trial.set_user_attr("error", "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.warning("trial %d failed: %s", trial.number, exc)
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("mask_hash", score.mask_hash)
+    trial.set_user_attr("realised_sparsity", score.realised_sparsity)
+    trial.set_user_attr("seconds", round(score.seconds, 3))
+    if score.info.get("reused"):
+        trial.set_user_attr("reused", score.info["reused"])
+    study.tell(trial, score.values)
+    state.by_key[key] = score.values
+    state.by_mask[score.mask_hash] = score.values
+    return score.values
+
+
+def optuna_loop(state: SearchState, progress: bool = True) -> None:
+    """Ask/tell until the budget is spent (Optuna TPE, NSGA-III or random search)."""
+    dists = state.space.distributions()
+    bar = _bar(state, progress)
+    try:
+        while state.budget_left():
+            trial = state.study.ask(dists)
+            evaluate_trial(state, trial)
+            _tick(bar, state)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _bar(state: SearchState, progress: bool):
+    total = state.config.budget.trials
+    bar = tqdm(total=total, initial=state.finished(), desc="search", unit="trial", disable=None if progress else True)
+    return bar
+
+
+def _tick(bar, state: SearchState) -> None:
+    if bar is None:
+        return
+    bar.n = state.finished()
+    if state.n_objectives == 1:
+        try:
+            bar.set_postfix(best=f"{state.study.best_value:.5g}", refresh=False)
+        except ValueError:
+            pass
+    else:
+        bar.set_postfix(pareto=len(state.study.best_trials), refresh=False)
+    bar.refresh()

@@ -1,0 +1,122 @@
+"""The closing comparison: best plan(s) and the named baselines on held-out text, side by side,
+and the rank correlation between the search objective and held-out perplexity."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from ..evaluation.perplexity import perplexity
+from ..pruning.methods import plan_for_method
+from ..pruning.plan import PruningPlan
+from .candidate import mask_hash, score_candidate
+from .driver import SearchState, directions_of
+
+log = logging.getLogger(__name__)
+
+
+class HeldoutEvaluator:
+    """Held-out perplexity of plans, memoised by mask hash (equal masks are evaluated once)."""
+
+    def __init__(self, state: SearchState):
+        self.state = state
+        self.memo: dict[str, float] = {}
+
+    def __call__(self, plan: PruningPlan) -> tuple[float, float, str]:
+        ctx = self.state.ctx
+        result = ctx.apply(plan)
+        digest = mask_hash(ctx)
+        if digest not in self.memo:
+            self.memo[digest] = perplexity(ctx.model, ctx.heldout_ids, device=ctx.device, progress=False)["ppl"]
+        return self.memo[digest], result.realised_sparsity, digest
+
+
+def _sign(direction: str) -> float:
+    return 1.0 if direction == "minimize" else -1.0
+
+
+def chosen_trials(state: SearchState) -> list[FrozenTrial]:
+    """Single objective: the ``top`` best distinct trials; several: the Pareto set, thinned to ``top``."""
+    top = state.config.final.top
+    done = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
+    if not done or top == 0:
+        return []
+    if state.n_objectives == 1:
+        sign = _sign(directions_of(state.config, state.objectives)[0])
+        out, seen = [], set()
+        for t in sorted(done, key=lambda t: sign * t.values[0]):
+            key = t.user_attrs.get("mask_hash") or t.user_attrs.get("canonical_key")
+            if key not in seen:
+                seen.add(key)
+                out.append(t)
+            if len(out) == top:
+                break
+        return out
+    front = sorted(state.study.best_trials, key=lambda t: t.values[0])
+    if len(front) > top:
+        idx = np.unique(np.linspace(0, len(front) - 1, top).round().astype(int))
+        front = [front[i] for i in idx]
+    return front
+
+
+def _target(plan: PruningPlan, realised: float) -> tuple[float | None, str]:
+    if plan.nm is not None:
+        return None, plan.pattern
+    if isinstance(plan.sparsity, float) and not plan.layer_sparsity:
+        return plan.sparsity, "unstructured"
+    return round(realised, 4), "unstructured"
+
+
+def final_comparison(state: SearchState, *, progress: bool = True) -> dict:
+    """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample."""
+    cfg = state.config.final
+    heldout = HeldoutEvaluator(state)
+    rows: list[dict] = []
+    chosen = chosen_trials(state)
+    targets: dict[tuple, None] = {}
+    for t in tqdm(chosen, desc="final: best plans", disable=None if progress else True, leave=False):
+        plan = PruningPlan.from_dict(t.user_attrs["plan"])
+        ppl, realised, _ = heldout(plan)
+        rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
+                         sparsity=realised, plan=plan.to_dict()))
+        targets[_target(plan, realised)] = None
+    for sparsity, pattern in targets:
+        for method in tqdm(cfg.baselines, desc="final: baselines", disable=None if progress else True, leave=False):
+            plan = plan_for_method(method, sparsity=sparsity, pattern=pattern)
+            try:
+                values = score_candidate(state.ctx, plan, state.objectives).values
+                ppl, realised, _ = heldout(plan)
+            except Exception as exc:  # noqa: BLE001 - a baseline that fails is reported, not fatal
+                log.warning("baseline %s failed: %s", method, exc)
+                continue
+            rows.append(dict(kind="baseline", name=method, values=values, ppl=ppl, sparsity=realised, plan=plan.to_dict()))
+    fidelity = fidelity_sample(state, heldout, progress=progress)
+    state.ctx.restore()
+    return dict(rows=rows, fidelity=fidelity)
+
+
+def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: bool = True) -> dict:
+    """Spearman between each objective and held-out perplexity over trials spread across the ranks
+    of the first objective (distinct masks only)."""
+    k = state.config.final.fidelity_sample
+    done = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
+    distinct = {}
+    for t in sorted(done, key=lambda t: t.values[0]):
+        distinct.setdefault(t.user_attrs.get("mask_hash", t.number), t)
+    pool = list(distinct.values())
+    if k < 3 or len(pool) < 3:
+        return dict(n=len(pool), spearman=None, note="fewer than 3 distinct trials")
+    idx = np.unique(np.linspace(0, len(pool) - 1, min(k, len(pool))).round().astype(int))
+    sample = [pool[i] for i in idx]
+    ppl = []
+    for t in tqdm(sample, desc="final: fidelity", disable=None if progress else True, leave=False):
+        ppl.append(heldout(PruningPlan.from_dict(t.user_attrs["plan"]))[0])
+    out = dict(n=len(sample), trials=[t.number for t in sample], heldout_ppl=ppl, spearman={})
+    for j, objective in enumerate(state.objectives):
+        rho = spearmanr([t.values[j] for t in sample], ppl).statistic
+        out["spearman"][objective.name] = None if np.isnan(rho) else float(rho)
+    return out

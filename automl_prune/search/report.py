@@ -1,0 +1,212 @@
+"""What a search leaves in its folder: trials.csv, best.yaml or pareto/, plots and report.md.
+
+Everything here is rebuilt from the study (Optuna storage) and ``final.json``, so
+``automl-prune report DIR`` regenerates it at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..pruning.plan import PruningPlan
+
+
+def write_trials_csv(study: optuna.Study, out: Path) -> None:
+    df = study.trials_dataframe(attrs=("number", "value" if len(study.directions) == 1 else "values", "params", "state",
+                                       "duration", "user_attrs"))
+    drop = [c for c in df.columns if c == "user_attrs_plan"]
+    df.drop(columns=drop).to_csv(out / "trials.csv", index=False)
+
+
+def write_plans(study: optuna.Study, out: Path) -> list[Path]:
+    """best.yaml (single objective) or pareto/trial-N.yaml (several)."""
+    done = [t for t in study.best_trials if "plan" in t.user_attrs] if study.trials else []
+    written = []
+    if len(study.directions) == 1:
+        try:
+            best = study.best_trial
+        except ValueError:
+            return []
+        PruningPlan.from_dict(best.user_attrs["plan"]).save(out / "best.yaml")
+        return [out / "best.yaml"]
+    (out / "pareto").mkdir(exist_ok=True)
+    for t in done:
+        path = out / "pareto" / f"trial-{t.number}.yaml"
+        PruningPlan.from_dict(t.user_attrs["plan"]).save(path)
+        written.append(path)
+    return written
+
+
+def plot_history(study: optuna.Study, names: list[str], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    xs = [t.number for t in done]
+    ys = [t.values[0] for t in done]
+    ax.scatter(xs, ys, s=12, alpha=0.6, label="trial")
+    if len(study.directions) == 1:
+        better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        run, best = [], None
+        for y in ys:
+            best = y if best is None else better(best, y)
+            run.append(best)
+        ax.plot(xs, run, color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(names[0])
+    ax.set_title("optimisation history")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "history.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: Path) -> Path | None:
+    if len(study.directions) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = {t.number for t in study.best_trials}
+    fig, axes = plt.subplots(1, 2 if final else 1, figsize=(11 if final else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=10, alpha=0.35, label="trials")
+    f = sorted((t for t in done if t.number in front), key=lambda t: t.values[1])
+    ax.plot([t.values[1] for t in f], [t.values[0] for t in f], "o-", color="C3", label="Pareto front")
+    ax.set_xlabel(names[1])
+    ax.set_ylabel(names[0])
+    ax.set_title("search objectives")
+    ax.legend()
+    if final:
+        ax = axes[0][1]
+        for kind, style in (("searched", "o-"), ("baseline", "s--")):
+            groups: dict[str, list] = {}
+            for r in final["rows"]:
+                if r["kind"] == kind:
+                    groups.setdefault("searched" if kind == "searched" else r["name"], []).append(r)
+            for label, rows in groups.items():
+                rows = sorted(rows, key=lambda r: r["sparsity"])
+                ax.plot([r["sparsity"] for r in rows], [r["ppl"] for r in rows], style, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("realised sparsity")
+        ax.set_ylabel("held-out perplexity")
+        ax.set_title("held-out perplexity")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pareto.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_layerwise(plan: PruningPlan, n_blocks: int, out: Path) -> Path | None:
+    if not isinstance(plan.sparsity, list):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.bar(range(len(plan.sparsity)), plan.sparsity, color="C0")
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("sparsity")
+    ax.set_title("layerwise sparsity of the best plan")
+    fig.tight_layout()
+    path = out / "layerwise.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None) -> Path:
+    """report.md: settings, search summary, the comparison table, fidelity, plots."""
+    trials = study.get_trials(deepcopy=False)
+    states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+    reused = sum(bool(t.user_attrs.get("reused")) for t in trials)
+    lines = [f"# Search report: {meta.get('model', {}).get('spec', '?')}", ""]
+    lines += ["## Settings", "", "| | |", "|---|---|"]
+    cal = meta.get("calibration") or {}
+    probe = meta.get("probe") or {}
+    held = meta.get("heldout") or {}
+    lines += [f"| model | {meta.get('model', {}).get('spec')} ({meta.get('model', {}).get('n_params', 0) / 1e6:.1f}M parameters) |",
+              f"| calibration | {cal.get('source')} {cal.get('nsamples') or cal.get('n_windows')} x {cal.get('seqlen')}, seed {cal.get('seed')} |",
+              f"| probe windows | {probe.get('source')} {probe.get('n_windows')} x {probe.get('seqlen')}, seed {probe.get('seed')} |",
+              f"| held-out | {held.get('source')} {held.get('n_windows')} x {held.get('seqlen')} |",
+              f"| mode | {meta.get('mode', 'one-shot')} (candidates scored from dense statistics) |",
+              f"| objectives | {', '.join(names)} |",
+              f"| searcher | {meta.get('searcher')} |",
+              f"| versions | {', '.join(f'{k} {v}' for k, v in (meta.get('versions') or {}).items())} |", ""]
+    lines += ["## Search", "",
+              f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.FAIL]} failed, "
+              f"{states[TrialState.PRUNED]} stopped early; {reused} reused stored values (same canonical form or masks) "
+              f"instead of being scored again.", ""]
+    if meta.get("search_seconds"):
+        lines += [f"Search time {meta['search_seconds']:.0f} s this run "
+                  f"({meta.get('trials_this_run', 0)} trials, {meta.get('candidates_per_minute', 0):.1f} candidates/min).", ""]
+    if final:
+        lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |",
+                  "|---|---|" + "---:|" * len(names) + "---:|---:|"]
+        for r in sorted(final["rows"], key=lambda r: (r["sparsity"], r["ppl"])):
+            lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(_fmt(v) for v in r["values"]) +
+                         f" | {r['ppl']:.3f} | {r['sparsity']:.4f} |")
+        fid = final.get("fidelity") or {}
+        lines += ["", "## Does the objective track held-out perplexity?", ""]
+        if fid.get("spearman"):
+            lines += [f"Spearman rank correlation over {fid['n']} trials spread across the objective's range: " +
+                      ", ".join(f"{k} {_fmt(v)}" for k, v in fid["spearman"].items()) + ".", ""]
+        else:
+            lines += [f"Not measured: {fid.get('note', 'no sample')}.", ""]
+    lines += ["## Plots", ""]
+    for png in ("history.png", "pareto.png", "layerwise.png"):
+        if (out / png).exists():
+            lines.append(f"![{png[:-4]}]({png})")
+    lines += ["", "Plans: " + ("`best.yaml`" if (out / "best.yaml").exists() else "`pareto/*.yaml`") +
+              "; apply one with `automl-prune prune --model M --plan FILE --out DIR`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def rebuild(out: Path) -> Path:
+    """Regenerate every output of a search folder from its study and final.json."""
+    from .config import load_config
+
+    config = load_config(out / "config.yaml")
+    storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study = optuna.load_study(study_name=config.study_name or "automl-prune", storage=storage)
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else None
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, final)
+
+
+def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None) -> Path:
+    write_trials_csv(study, out)
+    plans = write_plans(study, out)
+    plot_history(study, names, out)
+    plot_pareto(study, names, final, out)
+    if len(study.directions) == 1 and plans:
+        plot_layerwise(PruningPlan.load(plans[0]), 0, out)
+    return write_report(study, out, names, meta, final)

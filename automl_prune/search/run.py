@@ -1,0 +1,59 @@
+"""Run a whole study: load once, search, compare on held-out text, write the outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from ..provenance import versions
+from .config import StudyConfig
+from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
+from .final import final_comparison
+from .report import write_outputs
+from .setup import build_context
+
+log = logging.getLogger(__name__)
+
+
+def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, final: bool = True) -> Path:
+    """Search, then the held-out comparison; returns the path of report.md. Resumes an existing study."""
+    from objectives import make_objective
+    from search_spaces import build_profile, make_space
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    space = make_space(config.space)
+    objectives = [make_objective(o.name, **o.params) for o in config.objectives]
+    study = open_study(config, out, objectives)
+    ctx = build_context(config, progress=progress)
+    profile = build_profile(ctx.model, ctx.stats, cache_dir=config.cache_dir)
+    for objective in objectives:
+        objective.prepare(ctx)
+    state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
+    remember_finished(state)
+    if not study.trials and config.searcher.seed_named_points:
+        for name, point in space.named_points().items():
+            study.enqueue_trial(point, user_attrs={"named_point": name})
+    start = time.perf_counter()
+    if config.searcher.name == "pymoo-nsga3":
+        from .pymoo_driver import pymoo_loop
+
+        pymoo_loop(state, out, progress=progress)
+    else:
+        optuna_loop(state, progress=progress)
+    seconds = time.perf_counter() - start
+    meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
+                versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
+                candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    result = None
+    if final:
+        result = final_comparison(state, progress=progress)
+        (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
+    ctx.restore()
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, result)

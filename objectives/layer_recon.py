@@ -1,0 +1,197 @@
+"""``layer_recon``: per-layer reconstruction error from the cached Gram matrices (no forward pass).
+
+For a linear layer with dense inputs X (tokens x in), G = X^T X (``LinearStats.gram``) and
+dW = W_dense - W_pruned, the output error is
+
+    e_l = ||X dW^T||_F^2 = trace(dW G dW^T) = sum_i (dW G dW^T)_ii     (one value per output row i)
+
+and the dense output energy is trace(W G W^T). Layers that read the same input (q/k/v, gate/up)
+share one Gram matrix: their dW rows are stacked and go through one matmul, so the cost is one
+(rows x in x in) product per distinct input per block (SmolLM2-135M: about 90 GFLOP in all).
+
+Weightings (``weighting``) that combine the per-layer errors into one number:
+
+- ``uniform``: mean over layers of e_l / trace(W G W^T) (relative errors; the issue's
+  "normalised per layer and summed", up to the constant number of layers).
+- ``energy``: sum_l e_l / sum_l trace(W_l G_l W_l^T) (each layer weighted by its share of the
+  dense output energy).
+- ``log``: mean over layers of log relative errors (a geometric mean).
+- ``block``: mean over blocks of the block's summed error over its summed energy.
+- ``fisher``: a second-order estimate of the increase of the mean next-token loss,
+  0.5 sum_l sum_i F_li (dW G dW^T)_ii / N_l, with F_li the mean squared gradient of the loss
+  with respect to output channel i of layer l (a diagonal Fisher of the layer's outputs, measured
+  once on the dense model over ``fisher_windows`` probe windows: one backward pass each) and N_l
+  the calibration token count. This is the Kronecker-factored (K-FAC) quadratic model of the
+  loss, E[(g . dW x)^2] ~ sum_i E[g_i^2] E[(dW x)_i^2], the curvature model used by OBD-style
+  and LLM-Surgeon-style pruning. ``fisher_labels``: ``data`` (gradients of the loss on the
+  real next tokens: empirical Fisher) or ``model`` (next tokens sampled from the dense model:
+  true Fisher, whose quadratic form is the second-order KL(dense || pruned)).
+- ``fisher_layer``: the same with one scalar per layer (mean of F_li over the channels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from automl_prune.errors import UserError
+from automl_prune.evaluation.kl import swapped_weights
+from automl_prune.pruning.apply import PruneResult
+from automl_prune.search.context import SearchContext
+
+from . import probe as P
+from .base import Objective, Reporter, register
+from .common import ObjectiveError, check_choice, check_positive_int, finite
+
+WEIGHTINGS = ("uniform", "energy", "log", "block", "fisher", "fisher_layer")
+
+
+def output_fisher(ctx: SearchContext, ids: torch.Tensor, *, labels: str = "data", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mean over tokens of the squared gradient of the summed next-token loss with respect to every
+    prunable layer's outputs, per output channel, on the dense model; one window at a time.
+
+    Only activation gradients are formed (the weights are frozen for the pass, the embeddings are
+    the leaf), so one pass costs about two forwards.
+    """
+    model = ctx.model
+    acc = {name: torch.zeros(m.out_features, dtype=torch.float64, device=ctx.device) for name, m in ctx.modules.items()}
+    count = 0
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def hook(name: str):
+        def grad_hook(g: torch.Tensor) -> None:
+            acc[name].add_(g.detach().float().reshape(-1, g.shape[-1]).square().sum(0, dtype=torch.float64))
+
+        def fwd(_m, _inp, out):
+            out.register_hook(grad_hook)
+        return fwd
+
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    handles = [m.register_forward_hook(hook(name)) for name, m in ctx.modules.items()]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad(), swapped_weights(ctx.modules, ctx.dense):
+            for w in range(ids.shape[0]):
+                window = ids[w : w + 1].to(ctx.device)
+                emb = model.get_input_embeddings()(window).detach().requires_grad_(True)
+                logits = model(inputs_embeds=emb, use_cache=False).logits[:, :-1].float()
+                logits = logits.reshape(-1, logits.shape[-1])
+                if labels == "data":
+                    target = window[:, 1:].reshape(-1)
+                else:  # sampled from the dense model
+                    probs = torch.softmax(logits.detach(), -1).cpu()
+                    target = torch.multinomial(probs, 1, generator=gen).reshape(-1).to(logits.device)
+                F.cross_entropy(logits, target, reduction="sum").backward()
+                count += window.numel()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    return {k: (v / max(count, 1)).float() for k, v in acc.items()}
+
+
+@register
+class LayerRecon(Objective):
+    name = "layer_recon"
+    direction = "minimize"
+
+    def __init__(self, *, weighting: str = "fisher", fisher_windows: int = 4, fisher_seqlen: int | None = None,
+                 fisher_labels: str = "data"):
+        self.weighting = check_choice(self.name, "weighting", weighting, WEIGHTINGS)
+        self.fisher_windows = check_positive_int(self.name, "fisher_windows", fisher_windows, optional=False)
+        self.fisher_seqlen = check_positive_int(self.name, "fisher_seqlen", fisher_seqlen)
+        self.fisher_labels = check_choice(self.name, "fisher_labels", fisher_labels, ("data", "model"))
+
+    # ----- once per context ---------------------------------------------------------------------
+    def _groups(self, ctx: SearchContext) -> list[tuple[list[str], torch.Tensor, int]]:
+        """(layer names sharing one input, their Gram matrix, calibration token count)."""
+        groups = ctx.memo.get("layer_recon_groups")
+        if groups is not None:
+            return groups
+        groups = []
+        for i, block_stats in enumerate(ctx.stats):
+            by_input: dict[int, list[str]] = {}
+            for name in (n for n in ctx.modules if n.split(".", 1)[0] == str(i)):
+                st = block_stats.get(name.split(".", 1)[1])
+                if st is None or st.gram is None:
+                    raise UserError("objective 'layer_recon' needs dense statistics with Gram matrices "
+                                    f"(with_gram=True); layer {name} has none")
+                by_input.setdefault(id(st), []).append(name)
+            for names in by_input.values():
+                st = block_stats[names[0].split(".", 1)[1]]
+                groups.append((names, st.gram.to(ctx.device, torch.float32), max(int(st.n_tokens), 1)))
+        ctx.memo["layer_recon_groups"] = groups
+        return groups
+
+    def prepare(self, ctx: SearchContext) -> None:
+        groups = self._groups(ctx)
+        if "layer_recon_energy" not in ctx.memo:
+            ctx.memo["layer_recon_energy"] = self._row_errors(ctx, groups, dense=True)
+        if self.weighting.startswith("fisher"):
+            key = ("layer_recon_fisher", self.fisher_windows, self.fisher_seqlen, self.fisher_labels)
+            if key not in ctx.memo:
+                ids = P.probe_windows(ctx, self.fisher_windows, self.fisher_seqlen)
+                ctx.memo[key] = output_fisher(ctx, ids, labels=self.fisher_labels)
+
+    # ----- per candidate ------------------------------------------------------------------------
+    @staticmethod
+    @torch.no_grad()
+    def _row_errors(ctx: SearchContext, groups, *, dense: bool = False) -> dict[str, torch.Tensor]:
+        """Per output row: (dW G dW^T)_ii (or (W G W^T)_ii for the dense weights)."""
+        out: dict[str, torch.Tensor] = {}
+        for names, gram, _n in groups:
+            mats = [ctx.dense[n] if dense else ctx.pruned_delta(n) for n in names]
+            d = mats[0] if len(mats) == 1 else torch.cat(mats)
+            d = d.to(gram.device, torch.float32)
+            rows = ((d @ gram) * d).sum(1)
+            for n, r in zip(names, rows.split([m.shape[0] for m in mats])):
+                out[n] = r
+        return out
+
+    def row_errors(self, ctx: SearchContext) -> dict[str, torch.Tensor]:
+        """Per layer, per output row: the pruning error of the model as it is now."""
+        return self._row_errors(ctx, self._groups(ctx))
+
+    def layer_errors(self, ctx: SearchContext) -> dict[str, tuple[float, float]]:
+        """Per layer: (||X dW^T||_F^2, ||X W^T||_F^2) over the calibration tokens."""
+        self.prepare(ctx)
+        energy = ctx.memo["layer_recon_energy"]
+        return {n: (float(r.sum()), float(energy[n].sum())) for n, r in self.row_errors(ctx).items()}
+
+    def combine(self, ctx: SearchContext, rows: dict[str, torch.Tensor]) -> float:
+        """The objective value of ``weighting`` from per-row errors."""
+        energy = ctx.memo["layer_recon_energy"]
+        names = list(rows)
+        err = torch.stack([rows[n].sum() for n in names]).double()
+        eng = torch.stack([energy[n].sum() for n in names]).double().clamp_min(1e-30)
+        w = self.weighting
+        if w == "uniform":
+            return float((err / eng).mean())
+        if w == "energy":
+            return float(err.sum() / eng.sum())
+        if w == "log":
+            return float(torch.log((err / eng).clamp_min(1e-12)).mean())
+        if w == "block":
+            blocks = torch.tensor([int(n.split(".", 1)[0]) for n in names])
+            nb = int(blocks.max()) + 1
+            be = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, err)
+            bd = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, eng)
+            return float((be / bd.clamp_min(1e-30)).mean())
+        fisher = ctx.memo[("layer_recon_fisher", self.fisher_windows, self.fisher_seqlen, self.fisher_labels)]
+        ntok = ctx.memo.setdefault("layer_recon_ntokens", {n: g[2] for g in self._groups(ctx) for n in g[0]})
+        total = 0.0
+        for n in names:
+            f = fisher[n].to(rows[n].device)
+            total += float((f * rows[n]).sum() if w == "fisher" else f.mean() * rows[n].sum()) / ntok[n]
+        return 0.5 * total
+
+    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+        self.prepare(ctx)
+        rows = self.row_errors(ctx)
+        bad = [n for n, r in rows.items() if not bool(torch.isfinite(r).all())]
+        if bad:
+            raise ObjectiveError(f"objective 'layer_recon': non-finite reconstruction error in layers {bad[:3]}")
+        return finite(self.name, self.combine(ctx, rows))
