@@ -9,6 +9,12 @@ and the dense output energy is trace(W G W^T). Layers that read the same input (
 share one Gram matrix: their dW rows are stacked and go through one matmul, so the cost is one
 (rows x in x in) product per distinct input per block (SmolLM2-135M: about 90 GFLOP in all).
 
+``sketch: r`` replaces each G by a fixed random sketch: with G + eps I = L L^T (Cholesky, once)
+and S an (in x r) random matrix with orthonormal columns scaled by sqrt(in / r) (so E[S S^T] = I),
+B = L S and e_l ~ ||dW B||_F^2, an unbiased estimate at (rows x in x r) cost. S is drawn once
+per context (``seed``), so all candidates are measured with the same sketch (common random
+numbers: differences between candidates are estimated far better than the errors themselves).
+
 Weightings (``weighting``) that combine the per-layer errors into one number:
 
 - ``uniform``: mean over layers of e_l / trace(W G W^T) (relative errors; the issue's
@@ -98,9 +104,13 @@ class LayerRecon(Objective):
     name = "layer_recon"
     direction = "minimize"
 
-    def __init__(self, *, weighting: str = "fisher", fisher_windows: int = 4, fisher_seqlen: int | None = None,
-                 fisher_labels: str = "data"):
+    def __init__(self, *, weighting: str = "fisher", sketch: int | None = None, seed: int = 0, fisher_windows: int = 4,
+                 fisher_seqlen: int | None = None, fisher_labels: str = "data"):
         self.weighting = check_choice(self.name, "weighting", weighting, WEIGHTINGS)
+        self.sketch = check_positive_int(self.name, "sketch", sketch)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"objective 'layer_recon': field 'seed' must be an integer; got {seed!r}")
+        self.seed = seed
         self.fisher_windows = check_positive_int(self.name, "fisher_windows", fisher_windows, optional=False)
         self.fisher_seqlen = check_positive_int(self.name, "fisher_seqlen", fisher_seqlen)
         self.fisher_labels = check_choice(self.name, "fisher_labels", fisher_labels, ("data", "model"))
@@ -126,10 +136,41 @@ class LayerRecon(Objective):
         ctx.memo["layer_recon_groups"] = groups
         return groups
 
+    def _operators(self, ctx: SearchContext) -> list[tuple[list[str], torch.Tensor, int]]:
+        """Per group, the matrix dW is multiplied by: G itself (exact) or its sketch B = L S."""
+        groups = self._groups(ctx)
+        if self.sketch is None:
+            return groups
+        key = ("layer_recon_sketch", self.sketch, self.seed)
+        ops = ctx.memo.get(key)
+        if ops is None:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            ops = []
+            for names, gram, n in groups:
+                dim = gram.shape[0]
+                if self.sketch >= dim:  # no saving: exact
+                    ops.append((names, gram, n))
+                    continue
+                r = self.sketch
+                g = gram.double()
+                eps = 1e-6 * float(g.diagonal().mean().clamp_min(1e-30))
+                for _ in range(8):
+                    L, info = torch.linalg.cholesky_ex(g + eps * torch.eye(dim, dtype=g.dtype, device=g.device))
+                    if int(info) == 0:
+                        break
+                    eps *= 10
+                else:
+                    raise ObjectiveError(f"objective 'layer_recon': the Gram matrix of {names[0]} is not positive semi-definite")
+                q, _ = torch.linalg.qr(torch.randn(dim, r, generator=gen, dtype=torch.float64))
+                ops.append((names, ((L @ q.to(L.device)) * (dim / r) ** 0.5).float(), n))
+            ctx.memo[key] = ops
+        return ops
+
     def prepare(self, ctx: SearchContext) -> None:
         groups = self._groups(ctx)
         if "layer_recon_energy" not in ctx.memo:
             ctx.memo["layer_recon_energy"] = self._row_errors(ctx, groups, dense=True)
+        self._operators(ctx)
         if self.weighting.startswith("fisher"):
             key = ("layer_recon_fisher", self.fisher_windows, self.fisher_seqlen, self.fisher_labels)
             if key not in ctx.memo:
@@ -140,20 +181,21 @@ class LayerRecon(Objective):
     @staticmethod
     @torch.no_grad()
     def _row_errors(ctx: SearchContext, groups, *, dense: bool = False) -> dict[str, torch.Tensor]:
-        """Per output row: (dW G dW^T)_ii (or (W G W^T)_ii for the dense weights)."""
+        """Per output row: (dW G dW^T)_ii (or (W G W^T)_ii for the dense weights); with a sketched
+        operator B (in x r, r < in): ||(dW B)_i||^2."""
         out: dict[str, torch.Tensor] = {}
-        for names, gram, _n in groups:
+        for names, op, _n in groups:
             mats = [ctx.dense[n] if dense else ctx.pruned_delta(n) for n in names]
             d = mats[0] if len(mats) == 1 else torch.cat(mats)
-            d = d.to(gram.device, torch.float32)
-            rows = ((d @ gram) * d).sum(1)
+            d = d.to(op.device, torch.float32)
+            rows = ((d @ op) * d).sum(1) if op.shape[0] == op.shape[1] else (d @ op).square().sum(1)
             for n, r in zip(names, rows.split([m.shape[0] for m in mats])):
                 out[n] = r
         return out
 
     def row_errors(self, ctx: SearchContext) -> dict[str, torch.Tensor]:
         """Per layer, per output row: the pruning error of the model as it is now."""
-        return self._row_errors(ctx, self._groups(ctx))
+        return self._row_errors(ctx, self._operators(ctx))
 
     def layer_errors(self, ctx: SearchContext) -> dict[str, tuple[float, float]]:
         """Per layer: (||X dW^T||_F^2, ||X W^T||_F^2) over the calibration tokens."""

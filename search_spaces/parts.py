@@ -22,6 +22,18 @@ from automl_prune.errors import UserError
 Range = tuple[float, float]
 
 
+class _Any:
+    """Named-point value of an inactive parameter: any value of its range will do."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: placeholder for an inactive parameter in a named point (becomes the float range's high end,
+#: the int range's low end, or the first choice)
+ANY = _Any()
+
+
 class PartConfig(BaseModel):
     """Base of every part config: strict, with a ``name``."""
 
@@ -94,6 +106,12 @@ class Part(ABC):
         out = {}
         for key, v in point.items():
             full = self.prefix + key
+            if v is ANY:
+                if full in self.dists:
+                    d = self.dists[full]
+                    out[full] = d.choices[0] if isinstance(d, CategoricalDistribution) else (
+                        d.high if isinstance(d, FloatDistribution) else d.low)
+                continue
             if full in self.fixed:
                 if not _equal(self.fixed[full], v):
                     return None

@@ -271,3 +271,18 @@ def test_layer_recon_needs_gram_matrices():
     ctx = SearchContext(model, stats=stats, probe_ids=ids)
     with pytest.raises(UserError, match="Gram"):
         make_objective("layer_recon", weighting="uniform").prepare(ctx)
+
+
+def test_layer_recon_sketch_is_close_to_the_exact_error(ctx):
+    ctx.apply(plan_for_method("wanda", sparsity=0.5))
+    exact = make_objective("layer_recon", weighting="energy")
+    exact.prepare(ctx)
+    rows = exact.row_errors(ctx)
+    sketched = make_objective("layer_recon", weighting="energy", sketch=32)
+    sketched.prepare(ctx)
+    approx = sketched.row_errors(ctx)
+    total, total_approx = sum(float(r.sum()) for r in rows.values()), sum(float(r.sum()) for r in approx.values())
+    assert total_approx == pytest.approx(total, rel=0.15)
+    full = make_objective("layer_recon", weighting="energy", sketch=10_000)  # r >= in: exact
+    assert full(ctx, None) == pytest.approx(exact(ctx, None), rel=1e-6)
+    ctx.restore()

@@ -1,0 +1,261 @@
+"""Allocation spaces: how the target sparsity is spread over the decoder blocks.
+
+Parameters (prefix ``alloc.``), all allocations clipped to ``bounds`` (default [0, 0.99]) with
+the parameter-weighted mean equal to the target (automl_prune.allocation.rules):
+
+uniform  none: every layer at the target (the only allocation an N:M pattern allows).
+owl      M (outlier threshold, x block mean, default [3, 10]), lambda (spread, [0.02, 0.2]);
+         named point "owl": the paper's M = 5, lambda = 0.08.
+alpha    eps (AlphaPruning spread, [0.05, 0.4]); named point "alphapruning": eps = 0.3 (its
+         code's default).
+offsets  offset.00 .. offset.<L-1> in [-delta, delta] (default delta 0.05; optional step, e.g.
+         0.05 for OptiShear's {-0.05, 0, 0.05}), renormalised by a common shift; needs n_blocks
+         (config) or ``bind(profile)``; named point "uniform" (all 0).
+depth    a, b in [-span, span] (default 0.3): s_l = s + a (t - 1/2) + b (t^2 - 1/3), t = l/(L-1),
+         renormalised; named point "uniform" (0, 0).
+
+Canonical keys: offsets differing by a constant are one allocation (the renormalising shift
+absorbs it: clip(s + o + k + c') with c' = c - k); all-equal offsets and a = b = 0 are the uniform
+allocation (the shift brings every block to s).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from automl_prune.allocation.rules import (
+    DEFAULT_BOUNDS,
+    alpha_sparsities,
+    depth_sparsities,
+    offset_sparsities,
+    owl_sparsities,
+)
+from automl_prune.errors import UserError
+
+from .parts import Part, PartConfig, Range, rounded
+
+
+class AllocationConfig(PartConfig):
+    bounds: Range = DEFAULT_BOUNDS
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AllocationConfig":
+        if not 0.0 <= self.bounds[0] <= self.bounds[1] < 1.0:
+            raise ValueError(f"bounds must satisfy 0 <= low <= high < 1, got {list(self.bounds)}")
+        return self
+
+
+class AllocationPart(Part):
+    """Decodes to a sparsity: the target itself (uniform) or a per-block list."""
+
+    prefix = "alloc."
+    uniform = False  # True only for the uniform allocation
+
+    def __init__(self, config: AllocationConfig):
+        super().__init__()
+        self.config = config
+        self.bounds = tuple(config.bounds)
+
+    def allocate(self, params: dict, profile: Any, target: float) -> float | list[float]:
+        raise NotImplementedError  # pragma: no cover
+
+    def _profile(self, profile: Any, need: str) -> Any:
+        if profile is None:
+            raise ValueError(f"allocation {self.name!r} needs a ModelProfile (decode(params, profile))")
+        if need == "owl" and not profile.has_owl:
+            raise ValueError("allocation 'owl' needs a profile built with calibration statistics")
+        if need == "alpha" and not profile.has_alphas:
+            raise ValueError("allocation 'alpha' needs a profile built with with_alphas=True")
+        return profile
+
+    def _key(self, *parts: Any) -> list:
+        return [self.name, *parts, [rounded(b) for b in self.bounds]]
+
+
+class UniformConfig(AllocationConfig):
+    name: Literal["uniform"] = "uniform"
+
+
+class UniformSpace(AllocationPart):
+    name = "uniform"
+    uniform = True
+
+    def allocate(self, params: dict, profile: Any, target: float) -> float:
+        return float(target)
+
+    def named_points(self) -> dict[str, dict]:
+        return {"uniform": {}}
+
+    def canonical(self, params: dict) -> Any:
+        return "uniform"
+
+
+class OWLConfig(AllocationConfig):
+    name: Literal["owl"] = "owl"
+    M: Range = (3.0, 10.0)
+    lam: Range = Field((0.02, 0.2), alias="lambda")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "OWLConfig":
+        if self.M[0] <= 0 or self.lam[0] < 0:
+            raise ValueError("M must be > 0 and lambda >= 0")
+        return self
+
+
+class OWLSpace(AllocationPart):
+    name = "owl"
+
+    def __init__(self, config: OWLConfig):
+        super().__init__(config)
+        self.add_float("M", config.M)
+        self.add_float("lambda", config.lam)
+
+    def allocate(self, params: dict, profile: Any, target: float) -> list[float]:
+        prof = self._profile(profile, "owl")
+        ratios = prof.outlier_ratios(float(self.value(params, "M")))
+        return owl_sparsities(ratios, prof.block_params, target, float(self.value(params, "lambda")), bounds=self.bounds)
+
+    def named_points(self) -> dict[str, dict]:
+        p = self.representable({"M": 5.0, "lambda": 0.08})
+        return {} if p is None else {"owl": p}
+
+    def canonical(self, params: dict) -> Any:
+        return self._key(rounded(self.value(params, "M")), rounded(self.value(params, "lambda")))
+
+
+class AlphaConfig(AllocationConfig):
+    name: Literal["alpha"] = "alpha"
+    eps: Range = (0.05, 0.4)
+
+    @model_validator(mode="after")
+    def _eps(self) -> "AlphaConfig":
+        if not 0.0 <= self.eps[0] <= self.eps[1] < 1.0:
+            raise ValueError("eps must lie in [0, 1)")
+        return self
+
+
+class AlphaSpace(AllocationPart):
+    name = "alpha"
+
+    def __init__(self, config: AlphaConfig):
+        super().__init__(config)
+        self.add_float("eps", config.eps)
+
+    def allocate(self, params: dict, profile: Any, target: float) -> list[float]:
+        prof = self._profile(profile, "alpha")
+        return alpha_sparsities(prof.block_alphas(), prof.block_params, target, float(self.value(params, "eps")),
+                                bounds=self.bounds)
+
+    def named_points(self) -> dict[str, dict]:
+        p = self.representable({"eps": 0.3})
+        return {} if p is None else {"alphapruning": p}
+
+    def canonical(self, params: dict) -> Any:
+        return self._key(rounded(self.value(params, "eps")))
+
+
+class OffsetsConfig(AllocationConfig):
+    name: Literal["offsets"] = "offsets"
+    delta: float = Field(0.05, gt=0.0, lt=1.0)
+    step: float | None = Field(None, gt=0.0)
+    n_blocks: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _grid(self) -> "OffsetsConfig":
+        if self.step is not None and abs(self.delta / self.step - round(self.delta / self.step)) > 1e-9:
+            raise ValueError(f"delta ({self.delta}) must be a multiple of step ({self.step})")
+        return self
+
+
+class OffsetsSpace(AllocationPart):
+    name = "offsets"
+
+    def __init__(self, config: OffsetsConfig):
+        super().__init__(config)
+        self.n_blocks = config.n_blocks
+        if self.n_blocks is not None:
+            width = len(str(self.n_blocks - 1))
+            self.keys = [f"offset.{b:0{width}d}" for b in range(self.n_blocks)]
+            for key in self.keys:
+                self.add_float(key, (-config.delta, config.delta), step=config.step)
+
+    def bind(self, profile: Any) -> "OffsetsSpace":
+        if self.n_blocks is not None:
+            if self.n_blocks != profile.n_blocks:
+                raise UserError(f"space.allocation.n_blocks is {self.n_blocks} but the model has {profile.n_blocks} blocks")
+            return self
+        return OffsetsSpace(self.config.model_copy(update={"n_blocks": profile.n_blocks}))
+
+    def _need_blocks(self) -> None:
+        if self.n_blocks is None:
+            raise UserError("allocation 'offsets' needs the number of blocks: set space.allocation.n_blocks "
+                            "or bind the space to the model's profile (space.bind(profile))")
+
+    def distributions(self):
+        self._need_blocks()
+        return super().distributions()
+
+    def offsets(self, params: dict) -> np.ndarray:
+        self._need_blocks()
+        return np.array([float(self.value(params, k)) for k in self.keys])
+
+    def allocate(self, params: dict, profile: Any, target: float) -> float | list[float]:
+        prof = self._profile(profile, "layout")
+        if prof.n_blocks != self.n_blocks:
+            raise UserError(f"the offsets space has {self.n_blocks} blocks but the model has {prof.n_blocks}")
+        o = self.offsets(params)
+        if np.all(o == o[0]):
+            return float(target)
+        return offset_sparsities(o, prof.block_params, target, bounds=self.bounds)
+
+    def named_points(self) -> dict[str, dict]:
+        self._need_blocks()
+        p = self.representable({k: 0.0 for k in self.keys})
+        return {} if p is None else {"uniform": p}
+
+    def canonical(self, params: dict) -> Any:
+        o = self.offsets(params)
+        if np.all(o == o[0]):
+            return "uniform"
+        return self._key([rounded(x) for x in o - o.min()])
+
+
+class DepthConfig(AllocationConfig):
+    name: Literal["depth"] = "depth"
+    span: float = Field(0.3, gt=0.0, lt=2.0)
+
+
+class DepthSpace(AllocationPart):
+    name = "depth"
+
+    def __init__(self, config: DepthConfig):
+        super().__init__(config)
+        self.add_float("a", (-config.span, config.span))
+        self.add_float("b", (-config.span, config.span))
+
+    def allocate(self, params: dict, profile: Any, target: float) -> float | list[float]:
+        a, b = float(self.value(params, "a")), float(self.value(params, "b"))
+        if a == 0 and b == 0:
+            return float(target)
+        prof = self._profile(profile, "layout")
+        return depth_sparsities(a, b, prof.block_params, target, bounds=self.bounds)
+
+    def named_points(self) -> dict[str, dict]:
+        p = self.representable({"a": 0.0, "b": 0.0})
+        return {} if p is None else {"uniform": p}
+
+    def canonical(self, params: dict) -> Any:
+        a, b = float(self.value(params, "a")), float(self.value(params, "b"))
+        return "uniform" if a == 0 and b == 0 else self._key(rounded(a), rounded(b))
+
+
+ALLOCATION_SPACES: dict[str, tuple[type[AllocationConfig], type[AllocationPart]]] = {
+    "uniform": (UniformConfig, UniformSpace),
+    "owl": (OWLConfig, OWLSpace),
+    "alpha": (AlphaConfig, AlphaSpace),
+    "offsets": (OffsetsConfig, OffsetsSpace),
+    "depth": (DepthConfig, DepthSpace),
+}

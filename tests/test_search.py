@@ -1,0 +1,137 @@
+"""Whole searches on a tiny Llama with real text: outputs, seeding with known methods, resume,
+reproducibility, failed candidates, multi-objective fronts (Optuna NSGA-III, pymoo NSGA-III)."""
+
+from __future__ import annotations
+
+import csv
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from automl_prune.errors import UserError
+from automl_prune.search.config import load_config
+from automl_prune.search.run import run_search
+from objectives.base import Objective, register
+
+
+def _config(tmp_path, tiny_llama_dir, data_dir, **over):
+    base = {
+        "model": str(tiny_llama_dir),
+        "device": "cpu",
+        "data_dir": str(data_dir),
+        "cache_dir": str(tmp_path / "cache"),
+        "calibration": {"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 0},
+        "probe": {"nsamples": 2, "seqlen": 64, "seed": 1},
+        "heldout": {"source": "wikitext2", "seqlen": 128, "windows": 2},
+        "space": {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"}, "pattern": {"name": "unstructured", "sparsity": 0.5}},
+        "objectives": [{"name": "layer_recon"}],
+        "searcher": {"name": "tpe", "seed": 0, "n_startup_trials": 4},
+        "budget": {"trials": 10},
+        "final": {"baselines": ["wanda", "magnitude"], "top": 1, "fidelity_sample": 4},
+    }
+    for key, value in over.items():
+        base[key] = value
+    path = tmp_path / "config.in.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def _study(out):
+    return optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_tpe_search_outputs_and_known_methods_first(tmp_path, tiny_llama_dir, data_dir):
+    config = load_config(_config(tmp_path, tiny_llama_dir, data_dir))
+    out = tmp_path / "run"
+    report = run_search(config, out, progress=False)
+    for name in ("config.yaml", "study.db", "trials.csv", "best.yaml", "report.md", "final.json", "history.png"):
+        assert (out / name).exists(), name
+    study = _study(out)
+    trials = study.get_trials()
+    assert len(trials) == 10
+    named = [t for t in trials if "named_point" in t.user_attrs]
+    assert named and all(t.number < len(named) for t in named)  # evaluated first
+    best = study.best_value
+    assert all(best <= t.value for t in named if t.state == TrialState.COMPLETE)
+    text = report.read_text()
+    assert "Held-out comparison" in text and "wanda" in text and "Spearman" in text
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 10
+
+
+def test_resume_keeps_finished_trials_and_is_reproducible(tmp_path, tiny_llama_dir, data_dir):
+    path = _config(tmp_path, tiny_llama_dir, data_dir, final={"top": 0, "fidelity_sample": 0, "baselines": []})
+    out = tmp_path / "run"
+    run_search(load_config(path, {"budget.trials": 6}), out, progress=False, final=False)
+    first = [(t.number, t.params, t.values) for t in _study(out).get_trials()]
+    run_search(load_config(path, {"budget.trials": 9}), out, progress=False, final=False)
+    again = _study(out).get_trials()
+    assert len(again) == 9
+    assert [(t.number, t.params, t.values) for t in again[:6]] == first
+    # a fresh study with the same seed gives the same trials
+    other = tmp_path / "other"
+    run_search(load_config(path, {"budget.trials": 6}), other, progress=False, final=False)
+    assert [(t.params, t.values) for t in _study(other).get_trials()] == [(p, v) for _, p, v in first]
+
+
+@register
+class _Flaky(Objective):
+    """A test objective that fails on every second candidate."""
+
+    name = "test_flaky"
+    calls = 0
+
+    def __call__(self, ctx, result, report=None):
+        type(self).calls += 1
+        if type(self).calls % 2 == 0:
+            raise FloatingPointError("synthetic failure")
+        return float(type(self).calls)
+
+
+def test_a_failing_candidate_fails_its_trial_not_the_study(tmp_path, tiny_llama_dir, data_dir):
+    path = _config(tmp_path, tiny_llama_dir, data_dir, objectives=[{"name": "test_flaky"}],
+                   searcher={"name": "random", "seed": 0}, final={"top": 0, "fidelity_sample": 0, "baselines": []})
+    out = tmp_path / "run"
+    run_search(load_config(path, {"budget.trials": 8}), out, progress=False, final=False)
+    states = [t.state for t in _study(out).get_trials()]
+    assert len(states) == 8 and TrialState.FAIL in states and TrialState.COMPLETE in states
+    failed = [t for t in _study(out).get_trials() if t.state == TrialState.FAIL]
+    assert all("synthetic failure" in t.user_attrs["error"] for t in failed)
+
+
+@pytest.mark.parametrize("searcher", ["nsga3", "pymoo-nsga3"])
+def test_sparsity_front_with_nsga3(tmp_path, tiny_llama_dir, data_dir, searcher):
+    path = _config(tmp_path, tiny_llama_dir, data_dir,
+                   space={"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
+                          "pattern": {"name": "sparsity", "low": 0.3, "high": 0.8}},
+                   objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
+                   searcher={"name": searcher, "seed": 0, "population": 4},
+                   final={"top": 2, "fidelity_sample": 0, "baselines": ["wanda"]})
+    out = tmp_path / "run"
+    run_search(load_config(path, {"budget.trials": 8}), out, progress=False)
+    study = _study(out)
+    assert len(study.directions) == 2 and len(study.get_trials()) >= 8
+    assert list((out / "pareto").glob("trial-*.yaml")) and (out / "pareto.png").exists()
+    if searcher == "pymoo-nsga3":
+        assert (out / "pymoo.pkl").exists()
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"space": {"metric": {"name": "no-such-space"}}}, "metric"),
+    ({"objectives": [{"name": "no-such-objective"}]}, "no-such-objective"),
+    ({"searcher": {"name": "cmaes"}}, "searcher.name"),
+    ({"budget": {"trials": "many"}}, "budget.trials"),
+    ({"space": {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"}, "pattern": {"name": "unstructured", "sparsity": 1.4}}}, "sparsity"),
+    ({"calibration": {"nsamples": -3}}, "calibration.nsamples"),
+])
+def test_bad_configs_fail_before_any_model_is_loaded(tmp_path, override, field):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": "no-such-model-anywhere", **override}))
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert field in str(err.value)
