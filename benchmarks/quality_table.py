@@ -2,7 +2,9 @@
 
 The model is loaded once; its dense weights are restored before each method. Results are written
 after every row (JSON and a markdown table under benchmarks/results/), so a long run that is
-interrupted keeps what it finished.
+interrupted keeps what it finished. ``--resume`` keeps the rows already in the output JSON (after
+checking that it was written with the same model, calibration windows and evaluation windows) and
+computes only the missing ones.
 
     python benchmarks/quality_table.py --model smollm2-135m --calib c4 --nsamples 32 --seqlen 512 \
         --eval wikitext2 --eval-seqlen 1024 --eval-windows 16
@@ -42,6 +44,8 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("AUTOML_PRUNE_DATA_DIR"))
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=str(RESULTS / "quality_smollm2"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows already recorded in OUT.json (same model and windows) and compute only the missing ones")
     args = ap.parse_args()
 
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
@@ -49,8 +53,14 @@ def main() -> None:
     calib = calibration_windows(args.calib, tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, data_dir=args.data_dir)
     evalw = evaluation_windows(args.eval, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=args.data_dir)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    dense = perplexity(model, evalw.input_ids, desc="dense")
-    report = dict(model=loaded.info, calibration=calib.info, evaluation=evalw.info, dense=dense, rows=[], environment=environment("cpu"))
+    previous = load_previous(Path(args.out + ".json"), loaded.info, calib.info, evalw.info) if args.resume else None
+    if previous is not None:
+        report = previous
+        print(f"resuming {args.out}.json: {len(report['rows'])} rows already recorded", flush=True)
+    else:
+        dense = perplexity(model, evalw.input_ids, desc="dense")
+        report = dict(model=loaded.info, calibration=calib.info, evaluation=evalw.info, dense=dense, rows=[], environment=environment("cpu"))
+    done = {(r["method"], r["target"], r["mode"]) for r in report["rows"]}
 
     def write() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +73,8 @@ def main() -> None:
             for method in args.methods.split(","):
                 if method == "magnitude" and mode == "sequential":
                     continue  # magnitude uses no activations: sequential is the same masks
+                if (method, target, mode) in done:
+                    continue
                 plan = plan_for_method(method, sparsity=None if nm else float(target), pattern=target if nm else "unstructured", mode=mode)
                 model.load_state_dict(dense_state)
                 t = time.perf_counter()
@@ -75,6 +87,24 @@ def main() -> None:
                 print(f"{method:10s} {target:5s} {mode:10s} ppl {ppl['ppl']:10.3f}  prune {seconds:6.1f} s", flush=True)
                 write()
     write()
+
+
+def _fingerprint(model_info: dict, calib_info: dict, eval_info: dict) -> dict:
+    return dict(model=model_info.get("gguf_sha256") or model_info.get("path") or model_info.get("spec"),
+                calibration=calib_info.get("windows_sha256"), evaluation=eval_info.get("windows_sha256"))
+
+
+def load_previous(path: Path, model_info: dict, calib_info: dict, eval_info: dict) -> dict | None:
+    """The report already at ``path`` if it was written for the same model and windows; None if there is none."""
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    old = _fingerprint(report.get("model") or {}, report.get("calibration") or {}, report.get("evaluation") or {})
+    new = _fingerprint(model_info, calib_info, eval_info)
+    if old != new:
+        raise SystemExit(f"--resume: {path} was written with different settings ({old} != {new}); "
+                         "use another --out or drop --resume")
+    return report
 
 
 def markdown(report: dict, args) -> str:

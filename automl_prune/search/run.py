@@ -19,10 +19,22 @@ from .setup import build_context
 log = logging.getLogger(__name__)
 
 
+def build_profile(ctx, space, *, cache_dir=None):
+    """The allocation profile of the loaded model: OWL material from the dense statistics, and the
+    spectral exponents (SVDs, cached on disk by model fingerprint) only when the space needs them."""
+    from ..allocation.profile import ModelProfile
+    from ..models.gguf_cache import default_cache_dir
+
+    needs_alphas = getattr(getattr(space, "allocation", None), "name", None) == "alpha"
+    key = ctx.info.get("statistics", {}).get("model_fingerprint")
+    return ModelProfile.build(ctx.model, ctx.stats, with_alphas=needs_alphas, alpha_cache_dir=default_cache_dir(cache_dir),
+                              alpha_cache_key=key)
+
+
 def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, final: bool = True) -> Path:
     """Search, then the held-out comparison; returns the path of report.md. Resumes an existing study."""
     from objectives import make_objective
-    from search_spaces import build_profile, make_space
+    from search_spaces import make_space
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -31,7 +43,8 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
     study = open_study(config, out, objectives)
     ctx = build_context(config, progress=progress)
-    profile = build_profile(ctx.model, ctx.stats, cache_dir=config.cache_dir)
+    profile = build_profile(ctx, space, cache_dir=config.cache_dir)
+    space = space.bind(profile)
     for objective in objectives:
         objective.prepare(ctx)
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
