@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from automl_prune.allocation.rules import (
     DEFAULT_BOUNDS,
@@ -41,11 +41,13 @@ from .parts import Part, PartConfig, Range, rounded
 class AllocationConfig(PartConfig):
     bounds: Range = DEFAULT_BOUNDS
 
-    @model_validator(mode="after")
-    def _bounds(self) -> "AllocationConfig":
-        if not 0.0 <= self.bounds[0] <= self.bounds[1] < 1.0:
-            raise ValueError(f"bounds must satisfy 0 <= low <= high < 1, got {list(self.bounds)}")
-        return self
+    # field validators (not model validators), so that the error names the field
+    @field_validator("bounds")
+    @classmethod
+    def _bounds(cls, v: Range) -> Range:
+        if not 0.0 <= v[0] <= v[1] < 1.0:
+            raise ValueError(f"bounds must satisfy 0 <= low <= high < 1, got {list(v)}")
+        return v
 
 
 class AllocationPart(Part):
@@ -98,11 +100,19 @@ class OWLConfig(AllocationConfig):
     M: Range = (3.0, 10.0)
     lam: Range = Field((0.02, 0.2), alias="lambda")
 
-    @model_validator(mode="after")
-    def _positive(self) -> "OWLConfig":
-        if self.M[0] <= 0 or self.lam[0] < 0:
-            raise ValueError("M must be > 0 and lambda >= 0")
-        return self
+    @field_validator("M")
+    @classmethod
+    def _positive_m(cls, v: Range) -> Range:
+        if v[0] < 1:  # the profile keeps the outlier tail above 1 x the block mean (owl_floor)
+            raise ValueError("M must be >= 1 (outliers are scores above M x the block mean)")
+        return v
+
+    @field_validator("lam")
+    @classmethod
+    def _nonnegative_lambda(cls, v: Range) -> Range:
+        if v[0] < 0:
+            raise ValueError("lambda must be >= 0")
+        return v
 
 
 class OWLSpace(AllocationPart):
@@ -130,11 +140,12 @@ class AlphaConfig(AllocationConfig):
     name: Literal["alpha"] = "alpha"
     eps: Range = (0.05, 0.4)
 
-    @model_validator(mode="after")
-    def _eps(self) -> "AlphaConfig":
-        if not 0.0 <= self.eps[0] <= self.eps[1] < 1.0:
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: Range) -> Range:
+        if not 0.0 <= v[0] <= v[1] < 1.0:
             raise ValueError("eps must lie in [0, 1)")
-        return self
+        return v
 
 
 class AlphaSpace(AllocationPart):
@@ -163,11 +174,13 @@ class OffsetsConfig(AllocationConfig):
     step: float | None = Field(None, gt=0.0)
     n_blocks: int | None = Field(None, ge=1)
 
-    @model_validator(mode="after")
-    def _grid(self) -> "OffsetsConfig":
-        if self.step is not None and abs(self.delta / self.step - round(self.delta / self.step)) > 1e-9:
-            raise ValueError(f"delta ({self.delta}) must be a multiple of step ({self.step})")
-        return self
+    @field_validator("step")
+    @classmethod
+    def _grid(cls, v: float | None, info) -> float | None:
+        delta = info.data.get("delta")  # absent when delta itself failed validation
+        if v is not None and delta is not None and abs(delta / v - round(delta / v)) > 1e-9:
+            raise ValueError(f"delta ({delta}) must be a multiple of step ({v})")
+        return v
 
 
 class OffsetsSpace(AllocationPart):

@@ -15,7 +15,8 @@ The canonical forms (``metric_form``):
 - ``("pow", alpha, beta, gamma, norm, act, clip, zero)``: scores ``|W| r_i^-alpha k_j^-beta
   a_j^gamma``: BaWA's product form, Wanda, STADE, magnitude, and every OptiShear combination
   made only of powers (see ``_optishear_power``). ``zero`` marks "a channel whose statistic is 0
-  scores 0 even at gamma = 0" (OptiShear's power forms), kept only when gamma = 0.
+  scores 0 even at gamma = 0" (OptiShear's power forms), kept only when gamma = 0; it is ``false``
+  or the exponent 1/q of the weight side (see R13: near-zero channels).
 - ``("sum", alpha, beta, gamma, norm, act, clip)``: BaWA's sum form ``|W| (r^-alpha + k^-beta)
   a^gamma`` and RIA, where they do not reduce to a power form.
 - ``("optishear", f_w, c_w, f_x, c_x)``: the other OptiShear combinations.
@@ -49,7 +50,11 @@ R13 OptiShear power forms -> pow: with F_W(A) = A^q, F_X(u) = u^p (q, p in {1/2,
     pow(alpha=[row]/q, beta=[col]/q, gamma=(p - 2[col_x])/q, norm l1, act l2), with u = sqrt(x)
     = ||X||_2 / sqrt(n_seqs) (F1). Zero cases agree: a zero row/column of W has A = 0 (scores 0
     in both kernels); a zero channel scores 0 in OptiShear (F_X(0) = 0) and in BaWA when
-    gamma > 0; at gamma = 0 BaWA gives it |W|, hence the ``zero`` flag.
+    gamma > 0; at gamma = 0 BaWA gives it |W|, hence the ``zero`` flag. Near-zero channels: the
+    kernel's C_X column_sum is 1 / max(x_j, 1e-12), so a channel with 0 < x_j < 1e-12 scores
+    A^q x_j 1e12 u_j^(p-2) instead of A^q u_j^(p-2); with gamma < 0 every (q, p) has its own
+    gamma, but gamma = 0 (p = 2) is reached by q = 1/2, 1 and 2, whose masks then differ on such
+    a channel (A x_j^(1/q) ranks differently for each q): the ``zero`` flag holds 1/q.
 
 Not reduced, on purpose: a common scaling of (beta, gamma) in the power form (|W| keeps
 exponent 1, so F2 would change it); F_X/F_W monotone transforms other than powers (the score
@@ -98,7 +103,7 @@ def metric_form(metric: MetricSpec, ranking: str) -> tuple:
     if isinstance(metric, OptiShearMetric):
         power = _optishear_power(metric)
         if power is not None:
-            return _reduce("product", *power, None, True, rowwise)
+            return _reduce("product", *power, None, 1.0 / _POWERS[metric.f_w], rowwise)  # zero flag: 1/q
         c_x = "none" if metric.c_x in _GLOBAL_X else metric.c_x  # R9
         c_w = "none" if metric.c_w in _GLOBAL_W or (rowwise and metric.c_w == "row_sum") else metric.c_w  # R10
         f_x = "exp" if metric.f_x == "softmax" else metric.f_x  # R11
@@ -126,7 +131,7 @@ def _optishear_power(m: OptiShearMetric) -> tuple | None:
 
 
 def _reduce(form: str, alpha: float, beta: float, gamma: float, norm: Any, act: Any, clip: Any,
-            zero: bool, rowwise: bool) -> tuple:
+            zero: float, rowwise: bool) -> tuple:
     if act == "rms":  # R1
         act = "l2"
     if clip is not None and clip >= 1.0:  # R2
@@ -145,7 +150,7 @@ def _reduce(form: str, alpha: float, beta: float, gamma: float, norm: Any, act: 
         clip = None
         if not zero:
             act = None
-    zero = bool(zero and gamma == 0)
+    zero = rounded(zero) if zero and gamma == 0 else False
     r = rounded
     if form == "product":
         return ("pow", r(alpha), r(beta), r(gamma), norm, act, None if clip is None else r(clip), zero)

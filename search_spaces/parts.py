@@ -15,11 +15,12 @@ from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, FiniteFloat, ValidationError, field_validator
 
 from automl_prune.errors import UserError
 
-Range = tuple[float, float]
+#: a closed interval [low, high] of finite floats (inf/nan rejected: they make no distribution)
+Range = tuple[FiniteFloat, FiniteFloat]
 
 
 class _Any:
@@ -120,7 +121,7 @@ class Part(ABC):
                 if isinstance(d, CategoricalDistribution):
                     if not any(_equal(c, v) for c in d.choices):
                         return None
-                elif not d.low <= v <= d.high:
+                elif not _contains(d, v):  # inside [low, high] and, with a step, on the grid
                     return None
                 out[full] = v
         missing = [n for n in self.dists if n not in out]
@@ -138,6 +139,14 @@ class Part(ABC):
 
     def bind(self, profile: Any) -> "Part":
         return self
+
+
+def _contains(d: BaseDistribution, v: Any) -> bool:
+    """Whether Optuna accepts ``v`` for the numeric distribution ``d`` (range and step grid)."""
+    try:
+        return bool(d._contains(d.to_internal_repr(v)))
+    except (ValueError, TypeError):
+        return False
 
 
 def _equal(a: Any, b: Any) -> bool:

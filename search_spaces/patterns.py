@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from automl_prune.errors import UserError
 from automl_prune.pruning.masks import parse_pattern
@@ -67,11 +67,13 @@ class SparsityConfig(PartConfig):
     step: float | None = Field(None, gt=0.0)
     points: list[float] | None = None
 
-    @model_validator(mode="after")
-    def _order(self) -> "SparsityConfig":
-        if not self.low < self.high:
-            raise ValueError(f"need low < high, got low={self.low}, high={self.high}")
-        return self
+    @field_validator("high")
+    @classmethod
+    def _order(cls, v: float, info) -> float:
+        low = info.data.get("low")  # absent when low itself failed validation
+        if low is not None and not low < v:
+            raise ValueError(f"need low < high, got low={low}, high={v}")
+        return v
 
     @field_validator("points")
     @classmethod
@@ -88,8 +90,13 @@ class SparsitySpace(PatternPart):
         super().__init__()
         self.config = config
         self.add_float("sparsity", (config.low, config.high), step=config.step)
-        mid = round(0.5 * (config.low + config.high), 4)
-        self.points = config.points if config.points is not None else [config.low, mid, config.high]
+        # with a step, Optuna lowers high to the last grid point: the default points (low, middle,
+        # high) are taken on the distribution's grid, so that each is a valid parameter value
+        d = self.dists["pattern.sparsity"]
+        mid = 0.5 * (d.low + d.high)
+        if d.step is not None:
+            mid = d.low + round((mid - d.low) / d.step) * d.step
+        self.points = config.points if config.points is not None else [d.low, round(mid, 12), d.high]
 
     def target(self, params: dict) -> float:
         return float(self.value(params, "sparsity"))

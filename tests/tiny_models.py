@@ -100,3 +100,51 @@ def tiny_gemma3_multimodal(*, seed: int = 0) -> PreTrainedModel:
     )
     torch.manual_seed(seed)
     return transformers.Gemma3ForConditionalGeneration(config).eval()
+
+
+# ----- a tiny model with real calibration statistics (shared by the space and allocation tests) -----
+C4_FILE = "c4/c4-train.00000-of-01024.first1000.jsonl"
+
+
+def byte_windows(n: int, seqlen: int, data_dir=None) -> tuple[torch.Tensor, str]:
+    """``n`` windows of ``seqlen`` tokens for a 256-token vocabulary: the UTF-8 bytes of the first
+    C4 calibration documents (real text) when the offline data folder is there, else seeded
+    random tokens. Returns (input_ids, source)."""
+    import json
+    import os
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"  # as conftest.shared_data_dir
+    root = Path(data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR") or default)
+    path = root / C4_FILE
+    if path.is_file():
+        data = bytearray()
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                data += json.loads(line)["text"].encode("utf-8") + b"\n\n"
+                if len(data) >= n * seqlen:
+                    break
+        if len(data) >= n * seqlen:
+            return torch.tensor(list(data[: n * seqlen]), dtype=torch.long).reshape(n, seqlen), "c4-bytes"
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, VOCAB, (n, seqlen), generator=g), "random"
+
+
+_CALIBRATED: dict = {}
+
+
+def calibrated_tiny_llama(layers: int = 4, *, seed: int = 0, n: int = 8, seqlen: int = 64):
+    """(model, stats, source): a tiny random Llama with ``layers`` blocks and its dense calibration
+    statistics (``stats[block][layer]``), computed once per process. Do not modify the model."""
+    key = (layers, seed, n, seqlen)
+    if key not in _CALIBRATED:
+        from automl_prune.calibration.dense import dense_statistics
+
+        config = tiny_config("llama")
+        config.num_hidden_layers = layers
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+        ids, source = byte_windows(n, seqlen)
+        stats = dense_statistics(model, ids, use_cache=False, progress=False).stats
+        _CALIBRATED[key] = (model, stats, source)
+    return _CALIBRATED[key]

@@ -190,12 +190,20 @@ def _count_above(tail: np.ndarray, size: int, m: float, knots: int) -> float:
     if size <= knots:  # exact
         return float(size - np.searchsorted(tail, np.float32(m), side="right"))
     from_top = _knot_ranks(size, knots).astype(np.float64)
-    # value tail[i] has from_top[i] values >= it (from_top[i] - 1 above it, ties aside): interpolate
-    if m < tail[0]:
+    # value tail[i] has from_top[i] values >= it (from_top[i] - 1 above it, ties aside). For
+    # tail[i-1] <= m < tail[i] the count lies between from_top[i-1] - 1 (at m = tail[i-1]) and
+    # from_top[i] (just below tail[i], which is still above m): interpolate between those two, so
+    # the count is exact where the sketch holds consecutive ranks (about the top knots / ln(size)
+    # values, where large M lands)
+    m32 = np.float32(m)
+    if m32 < tail[0]:
         return float(size)
-    if m >= tail[-1]:
+    if m32 >= tail[-1]:
         return 0.0
-    return float(np.interp(m, tail.astype(np.float64), from_top - 1.0))
+    i = int(np.searchsorted(tail, m32, side="right"))  # 1 <= i < len(tail): tail[i-1] <= m < tail[i]
+    lo, hi = float(tail[i - 1]), float(tail[i])
+    frac = (float(m32) - lo) / (hi - lo)
+    return float(from_top[i - 1] - 1.0 + (from_top[i] - from_top[i - 1] + 1.0) * frac)
 
 
 # ----- AlphaPruning -------------------------------------------------------------------------------------

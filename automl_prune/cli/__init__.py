@@ -45,6 +45,9 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search's own bar reports trials
 
 
 if __name__ == "__main__":

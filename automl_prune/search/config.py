@@ -158,8 +158,8 @@ def _check_names(config: StudyConfig) -> None:
     make_space(config.space)
     for o in config.objectives:
         make_objective(o.name, **o.params)
-    from ..pruning.methods import METHODS
+    from .final import BASELINES
 
-    unknown = [b for b in config.final.baselines if b not in METHODS]
+    unknown = [b for b in config.final.baselines if b not in BASELINES]
     if unknown:
-        raise UserError(f"invalid config: field 'final.baselines': unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise UserError(f"invalid config: field 'final.baselines': unknown methods {unknown}; choose from {', '.join(BASELINES)}")

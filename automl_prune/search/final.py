@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ..evaluation.perplexity import perplexity
-from ..pruning.methods import plan_for_method
+from ..pruning.methods import METHODS, plan_for_method
 from ..pruning.plan import PruningPlan
 from .candidate import mask_hash, score_candidate
 from .driver import SearchState, directions_of
@@ -71,6 +71,32 @@ def _target(plan: PruningPlan, realised: float) -> tuple[float | None, str]:
     return round(realised, 4), "unstructured"
 
 
+#: allocation baselines: Wanda scores with a layerwise allocation (the papers' settings)
+ALLOCATION_BASELINES = {"owl": ("owl", "wanda+owl"), "alphapruning": ("alpha", "wanda+alphapruning")}
+BASELINES = (*METHODS, *ALLOCATION_BASELINES)
+
+
+def baseline_plan(method: str, sparsity: float | None, pattern: str, state: SearchState) -> PruningPlan:
+    """The plan of a named baseline at a target: a named method, or Wanda with the OWL
+    (M = 5, lambda = 0.08) or AlphaPruning (eps = 0.3) allocation of this model."""
+    if method not in ALLOCATION_BASELINES:
+        return plan_for_method(method, sparsity=sparsity, pattern=pattern)
+    if sparsity is None:
+        raise ValueError(f"baseline {method} allocates unstructured sparsity; it does not apply to {pattern}")
+    from search_spaces import make_space
+
+    allocation, label = ALLOCATION_BASELINES[method]
+    space = make_space({"metric": {"name": "bawa"}, "allocation": {"name": allocation},
+                        "pattern": {"name": "unstructured", "sparsity": sparsity}})
+    profile = state.profile
+    if allocation == "alpha" and not profile.has_alphas:
+        from ..allocation.profile import layer_alphas
+
+        profile.layer_alphas, info = layer_alphas(state.ctx.blocks)
+        profile.info.update(info)
+    return space.decode(space.named_points()[label], profile)
+
+
 def final_comparison(state: SearchState, *, progress: bool = True) -> dict:
     """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample."""
     cfg = state.config.final
@@ -86,8 +112,8 @@ def final_comparison(state: SearchState, *, progress: bool = True) -> dict:
         targets[_target(plan, realised)] = None
     for sparsity, pattern in targets:
         for method in tqdm(cfg.baselines, desc="final: baselines", disable=None if progress else True, leave=False):
-            plan = plan_for_method(method, sparsity=sparsity, pattern=pattern)
             try:
+                plan = baseline_plan(method, sparsity, pattern, state)
                 values = score_candidate(state.ctx, plan, state.objectives).values
                 ppl, realised, _ = heldout(plan)
             except Exception as exc:  # noqa: BLE001 - a baseline that fails is reported, not fatal

@@ -141,12 +141,33 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def headline(final: dict | None) -> list[str]:
+    """One line per searched plan: its held-out perplexity against the best baseline at its sparsity."""
+    if not final:
+        return []
+    rows = final.get("rows", [])
+    base = [r for r in rows if r["kind"] == "baseline"]
+    out = []
+    for r in (r for r in rows if r["kind"] == "searched"):
+        peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 5e-4]
+        if not peers:
+            out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f} (no baseline at this sparsity).")
+            continue
+        best = min(peers, key=lambda b: b["ppl"])
+        change = 100 * (r["ppl"] / best["ppl"] - 1)
+        verdict = "better than" if r["ppl"] < best["ppl"] else "not better than"
+        out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f}, {verdict} the best "
+                   f"named method ({best['name']}, {best['ppl']:.3f}; {change:+.1f}%).")
+    return [" ".join(out), ""] if len(out) == 1 else [*(f"- {line}" for line in out), ""]
+
+
 def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None) -> Path:
     """report.md: settings, search summary, the comparison table, fidelity, plots."""
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     reused = sum(bool(t.user_attrs.get("reused")) for t in trials)
     lines = [f"# Search report: {meta.get('model', {}).get('spec', '?')}", ""]
+    lines += headline(final)
     lines += ["## Settings", "", "| | |", "|---|---|"]
     cal = meta.get("calibration") or {}
     probe = meta.get("probe") or {}

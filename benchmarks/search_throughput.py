@@ -1,0 +1,113 @@
+"""Local-executor throughput: candidates per minute, and the cost of one candidate relative to one
+plain forward pass of the dense model over the calibration tokens (same run, same machine).
+
+A candidate = decode a parameter set of the space, apply its masks to the working copy of the
+weights (one-shot, from the cached dense statistics) and compute the objective(s). Parameter sets
+are drawn at random (fixed seed) from the space of a study config, without the canonical-key or
+mask reuse a real search adds on top.
+
+    python benchmarks/search_throughput.py --config configs/bawa-tpe-50.yaml --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from automl_prune.provenance import environment
+from automl_prune.search.candidate import score_candidate
+from automl_prune.search.config import load_config
+from automl_prune.search.run import build_profile
+from automl_prune.search.setup import build_context
+from objectives import make_objective
+from search_spaces import make_space, suggest
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@torch.no_grad()
+def forward_seconds(ctx, ids: torch.Tensor, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for row in ids:
+            ctx.model(row[None].to(ctx.device), use_cache=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/bawa-tpe-50.yaml")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--candidates", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stem", default=None)
+    args = ap.parse_args()
+
+    config = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
+    ctx = build_context(config)
+    space = make_space(config.space)
+    profile = build_profile(ctx, space, cache_dir=config.cache_dir)
+    space = space.bind(profile)
+    objectives = [make_objective(o.name, **o.params) for o in config.objectives]
+    start = time.perf_counter()
+    for o in objectives:
+        o.prepare(ctx)
+    prepare_s = time.perf_counter() - start
+    from automl_prune.data import calibration_windows
+    from automl_prune.models.adapters import needs_bos
+
+    c = config.calibration
+    calib = calibration_windows(c.source, ctx.tokenizer, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed,
+                                data_dir=config.data_dir, bos=needs_bos(ctx.model))
+    ctx.restore()
+    fwd = forward_seconds(ctx, calib.input_ids, repeats=3)
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+    rows = []
+    for _ in range(args.candidates):
+        params = suggest(space, study.ask())
+        t0 = time.perf_counter()
+        plan = space.decode(params, profile)
+        t1 = time.perf_counter()
+        ctx.apply(plan)
+        t2 = time.perf_counter()
+        ctx.restore()
+        t3 = time.perf_counter()
+        score_candidate(ctx, plan, objectives)
+        t4 = time.perf_counter()
+        rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=(t1 - t0) + (t4 - t3)))
+    ctx.restore()
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    result = dict(config=args.config, space=config.space, objectives=[o.model_dump() for o in config.objectives],
+                  calibration=f"{c.source} {c.nsamples} x {c.seqlen} seed {c.seed}", candidates=args.candidates,
+                  seed=args.seed, prepare_seconds=round(prepare_s, 2), forward_seconds=round(fwd, 3),
+                  median_seconds={k: round(v, 3) for k, v in med.items()},
+                  candidates_per_minute=round(60 / med["candidate"], 2),
+                  candidate_vs_forward=round(med["candidate"] / fwd, 3),
+                  masks_vs_forward=round(med["masks"] / fwd, 3), environment=environment(ctx.device), context=ctx.info)
+    stem = args.stem or f"throughput_{Path(args.config).stem}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    md = (f"{args.config}: {args.candidates} random candidates of the space, objectives "
+          f"{', '.join(o.name for o in config.objectives)}; calibration {result['calibration']}.\n\n"
+          f"| quantity | value |\n|---|---:|\n"
+          f"| one plain forward over the calibration tokens (s) | {fwd:.2f} |\n"
+          f"| one candidate: masks + objectives, median (s) | {med['candidate']:.2f} |\n"
+          f"| of which masks (s) | {med['masks']:.2f} |\n"
+          f"| candidate / forward | {med['candidate'] / fwd:.2f} |\n"
+          f"| candidates per minute | {60 / med['candidate']:.1f} |\n"
+          f"| one-time preparation of the objectives (s) | {prepare_s:.1f} |\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
