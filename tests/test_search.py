@@ -135,3 +135,24 @@ def test_bad_configs_fail_before_any_model_is_loaded(tmp_path, override, field):
     with pytest.raises(UserError) as err:
         load_config(path)
     assert field in str(err.value)
+
+
+def test_allocation_search_compares_with_owl_and_plots_layerwise(tmp_path, tiny_llama_dir, data_dir):
+    wanda = {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "beta": [0, 0], "gamma": [1, 1], "norms": ["l2"],
+             "activations": ["l2"], "clip": False, "group": "row"}
+    path = _config(tmp_path, tiny_llama_dir, data_dir,
+                   space={"metric": wanda, "allocation": {"name": "owl"}, "pattern": {"name": "unstructured", "sparsity": 0.6}},
+                   searcher={"name": "tpe", "seed": 0, "n_startup_trials": 2},
+                   final={"baselines": ["wanda", "owl"], "top": 1, "fidelity_sample": 0})
+    out = tmp_path / "run"
+    report = run_search(load_config(path, {"budget.trials": 4}), out, progress=False)
+    study = _study(out)
+    assert study.trials[0].user_attrs["named_point"] == "wanda+owl"
+    final = __import__("json").loads((out / "final.json").read_text())
+    names = {r["name"] for r in final["rows"] if r["kind"] == "baseline"}
+    assert names == {"wanda", "owl"}
+    owl = next(r for r in final["rows"] if r["name"] == "owl")
+    assert isinstance(owl["plan"]["sparsity"], list) and abs(owl["sparsity"] - 0.6) < 0.02  # per-row rounding on tiny layers
+    assert (out / "layerwise.png").exists()
+    text = report.read_text()
+    assert "best named method" in text.splitlines()[2]

@@ -149,7 +149,7 @@ def headline(final: dict | None) -> list[str]:
     base = [r for r in rows if r["kind"] == "baseline"]
     out = []
     for r in (r for r in rows if r["kind"] == "searched"):
-        peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 5e-4]
+        peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 0.01]
         if not peers:
             out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f} (no baseline at this sparsity).")
             continue
