@@ -155,7 +155,7 @@ def headline(final: dict | None) -> list[str]:
             continue
         best = min(peers, key=lambda b: b["ppl"])
         change = 100 * (r["ppl"] / best["ppl"] - 1)
-        verdict = "better than" if r["ppl"] < best["ppl"] else "not better than"
+        verdict = "better than" if r["ppl"] < best["ppl"] else ("the same as" if r["ppl"] == best["ppl"] else "worse than")
         out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f}, {verdict} the best "
                    f"named method ({best['name']}, {best['ppl']:.3f}; {change:+.1f}%).")
     return [" ".join(out), ""] if len(out) == 1 else [*(f"- {line}" for line in out), ""]
