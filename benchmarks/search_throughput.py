@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--candidates", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="timed plain forward passes (median)")
     ap.add_argument("--stem", default=None)
     args = ap.parse_args()
 
@@ -68,7 +69,7 @@ def main() -> None:
     calib = calibration_windows(c.source, ctx.tokenizer, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed,
                                 data_dir=config.data_dir, bos=needs_bos(ctx.model))
     ctx.restore()
-    fwd = forward_seconds(ctx, calib.input_ids, repeats=3)
+    fwd = forward_seconds(ctx, calib.input_ids, repeats=args.repeats)
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
