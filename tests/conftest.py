@@ -76,3 +76,20 @@ def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     model.save_pretrained(out)
     smollm2_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """A 4-block tiny Llama with statistics captured on real C4 text: (model, stats, info)."""
+    from tiny_models import calibrated_tiny_llama
+
+    return calibrated_tiny_llama(4)
+
+
+@pytest.fixture(scope="module")
+def profile(calibrated):
+    """The allocation profile (OWL material and spectral exponents) of ``calibrated``."""
+    from automl_prune.allocation.profile import ModelProfile
+
+    model, stats, _ = calibrated
+    return ModelProfile.build(model, stats, with_alphas=True)

@@ -30,15 +30,6 @@ from tiny_models import calibrated_tiny_llama
 BLOCKS = 4
 
 
-@pytest.fixture(scope="module")
-def calibrated():
-    return calibrated_tiny_llama(BLOCKS)
-
-
-@pytest.fixture(scope="module")
-def profile(calibrated):
-    model, stats, _ = calibrated
-    return ModelProfile.build(model, stats, with_alphas=True)
 
 
 # ----- direct transcriptions of the reference formulas ------------------------------------------

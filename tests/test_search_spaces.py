@@ -54,15 +54,6 @@ ALLOCATIONS = ["uniform", "owl", "alpha", {"name": "offsets", "n_blocks": BLOCKS
 PATTERNS = ["unstructured", "sparsity", "nm"]
 
 
-@pytest.fixture(scope="module")
-def calibrated():
-    return calibrated_tiny_llama(BLOCKS)
-
-
-@pytest.fixture(scope="module")
-def profile(calibrated):
-    model, stats, _ = calibrated
-    return ModelProfile.build(model, stats, with_alphas=True)
 
 
 @pytest.fixture(scope="module")
