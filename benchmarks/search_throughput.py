@@ -23,8 +23,7 @@ import torch
 from automl_prune.provenance import environment
 from automl_prune.search.candidate import score_candidate
 from automl_prune.search.config import load_config
-from automl_prune.search.run import build_profile
-from automl_prune.search.setup import build_context
+from automl_prune.search.setup import load_search
 from objectives import make_objective
 from search_spaces import make_space, suggest
 
@@ -53,23 +52,12 @@ def main() -> None:
     args = ap.parse_args()
 
     config = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
-    ctx = build_context(config)
-    space = make_space(config.space)
-    profile = build_profile(ctx, space, cache_dir=config.cache_dir)
-    space = space.bind(profile)
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
-    start = time.perf_counter()
-    for o in objectives:
-        o.prepare(ctx)
-    prepare_s = time.perf_counter() - start
-    from automl_prune.data import calibration_windows
-    from automl_prune.models.adapters import needs_bos
-
+    ctx, profile, space = load_search(config, make_space(config.space), objectives)
+    prepare_s = ctx.info["objectives_prepare_seconds"]
     c = config.calibration
-    calib = calibration_windows(c.source, ctx.tokenizer, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed,
-                                data_dir=config.data_dir, bos=needs_bos(ctx.model))
     ctx.restore()
-    fwd = forward_seconds(ctx, calib.input_ids, repeats=args.repeats)
+    fwd = forward_seconds(ctx, ctx.calib_ids, repeats=args.repeats)
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []

@@ -25,6 +25,7 @@ class SearchContext:
 
     ``probe_ids``: windows the fast objectives use (calibration-domain text);
     ``heldout_ids``: held-out evaluation windows (perplexity objective and final comparison);
+    ``calib_ids``: the calibration windows of ``stats``;
     ``memo``: per-context storage objectives use for what they compute once (dense outputs...).
     """
 
@@ -32,6 +33,7 @@ class SearchContext:
     stats: list[BlockStats]
     probe_ids: torch.Tensor
     heldout_ids: torch.Tensor | None = None
+    calib_ids: torch.Tensor | None = None  # the windows the statistics were captured on
     device: torch.device | str = "cpu"
     tokenizer: Any = None
     info: dict = field(default_factory=dict)

@@ -14,21 +14,9 @@ from .config import StudyConfig
 from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
 from .final import final_comparison
 from .report import write_outputs
-from .setup import build_context
+from .setup import load_search
 
 log = logging.getLogger(__name__)
-
-
-def build_profile(ctx, space, *, cache_dir=None):
-    """The allocation profile of the loaded model: OWL material from the dense statistics, and the
-    spectral exponents (SVDs, cached on disk by model fingerprint) only when the space needs them."""
-    from ..allocation.profile import ModelProfile
-    from ..models.gguf_cache import default_cache_dir
-
-    needs_alphas = getattr(getattr(space, "allocation", None), "name", None) == "alpha"
-    key = ctx.info.get("statistics", {}).get("model_fingerprint")
-    return ModelProfile.build(ctx.model, ctx.stats, with_alphas=needs_alphas, alpha_cache_dir=default_cache_dir(cache_dir),
-                              alpha_cache_key=key)
 
 
 def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, final: bool = True) -> Path:
@@ -42,11 +30,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     space = make_space(config.space)
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
     study = open_study(config, out, objectives)
-    ctx = build_context(config, progress=progress)
-    profile = build_profile(ctx, space, cache_dir=config.cache_dir)
-    space = space.bind(profile)
-    for objective in objectives:
-        objective.prepare(ctx)
+    ctx, profile, space = load_search(config, space, objectives, progress=progress)
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
     remember_finished(state)
     if not study.trials and config.searcher.seed_named_points:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from ..calibration.dense import dense_statistics
 from ..data import calibration_windows, evaluation_windows
@@ -33,5 +34,31 @@ def build_context(config: StudyConfig, *, progress: bool = True) -> SearchContex
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
     info = dict(model=loaded.info, calibration=calib.info, probe=probe.info, heldout=heldout.info, statistics=stats.info,
                 mode="one-shot")
-    return SearchContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids,
+    return SearchContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
                          device=device, tokenizer=tok, info=info)
+
+
+def build_profile(ctx, space, *, cache_dir=None):
+    """The allocation profile of the loaded model: OWL material from the dense statistics, and the
+    spectral exponents (SVDs, cached on disk by model fingerprint) only when the space needs them."""
+    from ..allocation.profile import ModelProfile
+    from ..models.gguf_cache import default_cache_dir
+
+    needs_alphas = getattr(getattr(space, "allocation", None), "name", None) == "alpha"
+    key = ctx.info.get("statistics", {}).get("model_fingerprint")
+    return ModelProfile.build(ctx.model, ctx.stats, with_alphas=needs_alphas, alpha_cache_dir=default_cache_dir(cache_dir),
+                              alpha_cache_key=key)
+
+
+def load_search(config: StudyConfig, space, objectives: list, *, progress: bool = True):
+    """Everything a study scores candidates with, loaded once: the context, the allocation profile,
+    the space bound to the model, and the objectives prepared (dense references computed).
+    Returns ``(ctx, profile, bound_space)``."""
+    ctx = build_context(config, progress=progress)
+    profile = build_profile(ctx, space, cache_dir=config.cache_dir)
+    space = space.bind(profile)
+    start = time.perf_counter()
+    for objective in objectives:
+        objective.prepare(ctx)
+    ctx.info["objectives_prepare_seconds"] = round(time.perf_counter() - start, 3)
+    return ctx, profile, space
