@@ -8,9 +8,12 @@ objective variant and by held-out perplexity; the cost of an objective is its se
 candidate over the seconds of one held-out perplexity evaluation (same run, same machine).
 
 Rows are written after every plan (JSON and markdown under benchmarks/results/), so an
-interrupted run keeps what it measured.
+interrupted run keeps what it measured; ``--resume`` continues it (same protocol and objective
+variants; plans already measured are kept, only the missing ones are run, e.g. after raising
+``--random``).
 
     python benchmarks/objective_fidelity.py --data-dir ../shared/data
+    python benchmarks/objective_fidelity.py --data-dir ../shared/data --heldout-windows 8 --random 7 --resume
 """
 
 from __future__ import annotations
@@ -129,6 +132,20 @@ def write(result: dict, stem: str) -> None:
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
+def resumable(stem: str, protocol: dict, labels: list[str]) -> dict:
+    """The targets of an earlier run with the same protocol and objective variants (else an error)."""
+    path = RESULTS / f"{stem}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = {k: v for k, v in protocol.items() if k != "plans"} == {k: v for k, v in old["protocol"].items() if k != "plans"}
+    rows = [r for t in old["targets"].values() for r in t["rows"]]
+    if not same or any(set(r["objectives"]) != set(labels) for r in rows):
+        raise SystemExit(f"--resume: {path} was measured with another protocol or other objective variants; "
+                         "run without --resume (or with another --stem)")
+    return old["targets"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -146,6 +163,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated objective labels to measure (default: all)")
     ap.add_argument("--stem", default="objective_fidelity")
     ap.add_argument("--render", action="store_true", help="only rewrite the summaries and the table from the JSON")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the plans already measured in the JSON (same protocol) and run only the missing ones")
     args = ap.parse_args()
     if args.render:
         result = json.loads((RESULTS / f"{args.stem}.json").read_text())
@@ -175,7 +194,9 @@ def main() -> None:
     result = dict(protocol=protocol, environment=environment(ctx.device), context=ctx.info,
                   prepare_seconds={label: round(s, 3) for label, _, s in objectives}, targets={})
     labels = [label for label, _, _ in objectives]
+    previous = resumable(args.stem, protocol, labels) if args.resume else {}
     for target in args.targets.split(","):
+        done = {r["name"]: r for r in previous.get(target, {}).get("rows", [])}
         rows: list[dict] = []
         seen: set[str] = set()
         result["targets"][target] = dict(rows=rows, summary=summarise(rows, labels))
@@ -184,6 +205,11 @@ def main() -> None:
             pruned = ctx.apply(plan)
             apply_s = time.perf_counter() - start
             digest = mask_hash(ctx)
+            if name in done:
+                seen.add(digest)
+                rows.append(done[name])
+                print(f"[{target}] {name[:60]}: kept from the earlier run", flush=True)
+                continue
             if digest in seen:
                 print(f"[{target}] {name}: same masks as an earlier plan, skipped", flush=True)
                 continue

@@ -111,12 +111,32 @@ def test_sparsity_front_with_nsga3(tmp_path, tiny_llama_dir, data_dir, searcher)
                    searcher={"name": searcher, "seed": 0, "population": 4},
                    final={"top": 2, "fidelity_sample": 0, "baselines": ["wanda"]})
     out = tmp_path / "run"
-    run_search(load_config(path, {"budget.trials": 8}), out, progress=False)
+    run_search(load_config(path, {"budget.trials": 20}), out, progress=False)
     study = _study(out)
-    assert len(study.directions) == 2 and len(study.get_trials()) >= 8
+    trials = study.get_trials()
+    assert len(study.directions) == 2 and len(trials) >= 20
+    named = [t for t in trials if "named_point" in t.user_attrs]
+    assert named and all(t.number < len(named) for t in named)  # the named points first, each as itself
+    for t in named:
+        plan = t.user_attrs["plan"]
+        assert abs(plan["sparsity"] - t.params["pattern.sparsity"]) < 1e-9
     assert list((out / "pareto").glob("trial-*.yaml")) and (out / "pareto.png").exists()
     if searcher == "pymoo-nsga3":
-        assert (out / "pymoo.pkl").exists()
+        import dill
+        import numpy as np
+
+        # every individual pymoo holds carries the values the study measured for its own parameters
+        algorithm = dill.loads((out / "pymoo.pkl").read_bytes())
+        pop = algorithm.pop
+        from search_spaces import from_vector, make_space
+
+        space = make_space(load_config(path).space)
+        measured = [(t.params, t.values) for t in trials if t.values and "named_point" not in t.user_attrs]
+        signs = np.array([1.0, -1.0])  # pymoo minimises; the sparsity is maximised
+        for x, f in zip(pop.get("X"), pop.get("F")):
+            params = from_vector(space, x)
+            match = [v for p, v in measured if p == params]
+            assert match and np.allclose(signs * np.asarray(match[0]), f), (params, f)
 
 
 @pytest.mark.parametrize("override, field", [

@@ -79,6 +79,18 @@ class FinalConfig(_Strict):
     export_best: bool = False  # also write the pruned best model as an HF folder
 
 
+class RayConfig(_Strict):
+    """The Ray Tune executor: where to run and what each trial asks for."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance is started
+    cpus_per_trial: float = Field(1.0, ge=0)
+    gpus_per_trial: float = Field(0.0, ge=0)  # fractional for small models (several trials per GPU)
+    resources: dict[str, float] = {}  # custom Ray resources per trial, e.g. {"big_node": 1}
+    max_concurrent_trials: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died
+    storage_path: str | None = None  # Ray run folder; default <out>/ray (shared storage for multi-node)
+
+
 class StudyConfig(_Strict):
     """One search: model and data, the space, the objectives, the searcher and the budget."""
 
@@ -96,6 +108,7 @@ class StudyConfig(_Strict):
     searcher: SearcherConfig = SearcherConfig()
     budget: BudgetConfig = BudgetConfig()
     executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = RayConfig()
     storage: str | None = None  # Optuna storage URL; default sqlite:///<out>/study.db
     study_name: str | None = None
     final: FinalConfig = FinalConfig()
@@ -109,12 +122,6 @@ class StudyConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"objectives repeat a name: {names}")
         return v
-
-    @model_validator(mode="after")
-    def _executor(self) -> "StudyConfig":
-        if self.executor == "ray":
-            raise ValueError("executor 'ray' is not available yet; use executor: local")
-        return self
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .candidate import score_candidate
 from .config import StudyConfig
 from .context import SearchContext
+from .evaluate import Memo, Outcome, evaluate_params
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -36,8 +36,7 @@ class SearchState:
     profile: object
     objectives: list
     ctx: SearchContext
-    by_key: dict[str, list[float]] = field(default_factory=dict)
-    by_mask: dict[str, list[float]] = field(default_factory=dict)
+    memo: Memo = field(default_factory=Memo)
     started: float = field(default_factory=time.perf_counter)
     new_trials: int = 0
 
@@ -69,10 +68,19 @@ def directions_of(config: StudyConfig, objectives: list) -> list[str]:
     return [c.direction or o.direction for c, o in zip(config.objectives, objectives)]
 
 
+def storage_url(config: StudyConfig, out: Path) -> str:
+    """The study's Optuna storage: the config's URL, else SQLite in the output folder."""
+    return config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def study_name(config: StudyConfig) -> str:
+    return config.study_name or "automl-prune"
+
+
 def open_study(config: StudyConfig, out: Path, objectives: list) -> optuna.Study:
     """Create the study, or load it when it exists (resume); its objectives must match the config."""
-    storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    name = config.study_name or "automl-prune"
+    storage = storage_url(config, out)
+    name = study_name(config)
     directions = directions_of(config, objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if len(objectives) == 1 else optuna.pruners.NopPruner()
     try:
@@ -94,13 +102,13 @@ def open_study(config: StudyConfig, out: Path, objectives: list) -> optuna.Study
     return study
 
 
-def remember_finished(state: SearchState) -> None:
-    """Rebuild the memo of measured values from the study's completed trials (resume)."""
-    for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def remember_finished(study: optuna.Study, memo: Memo) -> None:
+    """Fill the memo of measured values from the study's completed trials (resume)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.user_attrs.get("canonical_key"):
-            state.by_key.setdefault(t.user_attrs["canonical_key"], list(t.values))
+            memo.by_key.setdefault(t.user_attrs["canonical_key"], list(t.values))
         if t.user_attrs.get("mask_hash"):
-            state.by_mask.setdefault(t.user_attrs["mask_hash"], list(t.values))
+            memo.by_mask.setdefault(t.user_attrs["mask_hash"], list(t.values))
 
 
 def _reporter(trial: optuna.Trial) -> Callable[[float, int], bool]:
@@ -111,50 +119,34 @@ def _reporter(trial: optuna.Trial) -> Callable[[float, int], bool]:
     return report
 
 
+STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
+
+
+def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    """Record an outcome in the study: user attributes first, then the values or the state."""
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    if outcome.state == "complete":
+        study.tell(trial, outcome.values)
+    else:
+        study.tell(trial, state=STATES[outcome.state])
+
+
 def evaluate_trial(state: SearchState, trial: optuna.Trial) -> list[float] | None:
     """Decode, score and tell one trial; a failing candidate fails its trial only. Returns values."""
-    from objectives.base import TrialStopped
-
-    study = state.study
-    params = trial.params
-    try:
-        plan = state.space.decode(params, state.profile)
-        key = state.space.canonical_key(params)
-    except Exception as exc:  # noqa: BLE001 - a bad candidate fails its trial, never the study
-        trial.set_user_attr("error", f"decode: {exc}")
-        study.tell(trial, state=TrialState.FAIL)
-        return None
-    trial.set_user_attr("canonical_key", key)
-    trial.set_user_attr("plan", plan.to_dict())
-    state.new_trials += 1
-    if key in state.by_key:
-        trial.set_user_attr("reused", "canonical")
-        study.tell(trial, state.by_key[key])
-        return state.by_key[key]
     report = _reporter(trial) if state.n_objectives == 1 else None
+    state.new_trials += 1
     try:
-        score = score_candidate(state.ctx, plan, state.objectives, report=report, known=state.by_mask)
-    except TrialStopped:
-        study.tell(trial, state=TrialState.PRUNED)
-        return None
+        outcome = evaluate_params(trial.params, space=state.space, profile=state.profile, ctx=state.ctx,
+                                  objectives=state.objectives, memo=state.memo, report=report)
     except KeyboardInterrupt:
         trial.set_user_attr("error", "interrupted")
-        study.tell(trial, state=TrialState.FAIL)
+        state.study.tell(trial, state=TrialState.FAIL)
         raise
-    except Exception as exc:  # noqa: BLE001
-        log.warning("trial %d failed: %s", trial.number, exc)
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-        study.tell(trial, state=TrialState.FAIL)
-        return None
-    trial.set_user_attr("mask_hash", score.mask_hash)
-    trial.set_user_attr("realised_sparsity", score.realised_sparsity)
-    trial.set_user_attr("seconds", round(score.seconds, 3))
-    if score.info.get("reused"):
-        trial.set_user_attr("reused", score.info["reused"])
-    study.tell(trial, score.values)
-    state.by_key[key] = score.values
-    state.by_mask[score.mask_hash] = score.values
-    return score.values
+    if outcome.state == "fail":
+        log.warning("trial %d failed: %s", trial.number, outcome.attrs.get("error"))
+    tell_outcome(state.study, trial, outcome)
+    return outcome.values
 
 
 def optuna_loop(state: SearchState, progress: bool = True) -> None:

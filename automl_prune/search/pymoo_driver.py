@@ -1,6 +1,7 @@
 """pymoo NSGA-III in ask/tell mode. Every candidate pymoo proposes is recorded as a trial of the
 Optuna study (same storage, same reports); the algorithm object is pickled after each generation
-so that re-running the command resumes it."""
+so that re-running the command resumes it. Each generation is evaluated as one batch: in this
+process by default, or by a pool of Ray actors (``evaluate=``, see ray_executor)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import dill
 import numpy as np
+from optuna.trial import TrialState
 
-from .driver import SearchState, _bar, _tick, directions_of, evaluate_trial
+from typing import Callable
+
+from .driver import SearchState, _bar, _tick, directions_of, tell_outcome
+from .evaluate import Outcome, evaluate_params
 
 PENALTY = 1e12  # objective value given to a failed candidate (pymoo minimises)
 
@@ -34,23 +39,46 @@ def _problem_and_algorithm(state: SearchState):
     return algorithm
 
 
-def pymoo_loop(state: SearchState, out: Path, progress: bool = True) -> None:
+def evaluate_here(state: SearchState) -> Callable[[list[dict]], list[Outcome]]:
+    def evaluate(params_list: list[dict]) -> list[Outcome]:
+        return [evaluate_params(p, space=state.space, profile=state.profile, ctx=state.ctx, objectives=state.objectives,
+                                memo=state.memo) for p in params_list]
+
+    return evaluate
+
+
+def pymoo_loop(state: SearchState, out: Path, progress: bool = True,
+               evaluate: Callable[[list[dict]], list[Outcome]] | None = None) -> None:
     from search_spaces import from_vector
 
+    evaluate = evaluate or evaluate_here(state)
     checkpoint = out / "pymoo.pkl"
     algorithm = dill.loads(checkpoint.read_bytes()) if checkpoint.exists() else _problem_and_algorithm(state)
     signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions_of(state.config, state.objectives)])
     dists = state.space.distributions()
     bar = _bar(state, progress)
+
+    def run(trials: list) -> list[Outcome]:
+        outcomes = evaluate([t.params for t in trials])
+        for trial, outcome in zip(trials, outcomes):
+            tell_outcome(state.study, trial, outcome)
+            state.new_trials += 1
+            _tick(bar, state)
+        return outcomes
+
     try:
+        # the named points queued in the study first (so that each pymoo candidate below is the
+        # trial asked right after it is queued)
+        waiting = state.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:
+            run([state.study.ask(dists) for _ in waiting])
         while algorithm.has_next() and state.budget_left():
             pop = algorithm.ask()
-            F = []
+            trials = []
             for x in pop.get("X"):
                 state.study.enqueue_trial(from_vector(state.space, x), skip_if_exists=False)
-                values = evaluate_trial(state, state.study.ask(dists))
-                F.append(signs * np.asarray(values) if values is not None else np.full(len(signs), PENALTY))
-                _tick(bar, state)
+                trials.append(state.study.ask(dists))
+            F = [signs * np.asarray(o.values) if o.values is not None else np.full(len(signs), PENALTY) for o in run(trials)]
             pop.set("F", np.asarray(F, float))
             algorithm.tell(infills=pop)
             checkpoint.write_bytes(dill.dumps(algorithm))

@@ -32,12 +32,16 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     study = open_study(config, out, objectives)
     ctx, profile, space = load_search(config, space, objectives, progress=progress)
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
-    remember_finished(state)
+    remember_finished(study, state.memo)
     if not study.trials and config.searcher.seed_named_points:
         for name, point in space.named_points().items():
             study.enqueue_trial(point, user_attrs={"named_point": name})
     start = time.perf_counter()
-    if config.searcher.name == "pymoo-nsga3":
+    if config.executor == "ray":
+        from .ray_executor import ray_loop
+
+        state.new_trials = ray_loop(state, out, progress=progress)
+    elif config.searcher.name == "pymoo-nsga3":
         from .pymoo_driver import pymoo_loop
 
         pymoo_loop(state, out, progress=progress)
@@ -45,7 +49,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
         optuna_loop(state, progress=progress)
     seconds = time.perf_counter() - start
     meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
-                versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
+                executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None)
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     result = None

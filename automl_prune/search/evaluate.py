@@ -1,0 +1,60 @@
+"""One trial's evaluation, independent of who asked for it: decode the parameters, reuse a value
+already measured (same canonical form or same masks), or score the candidate. The local loop and
+the Ray workers both call :func:`evaluate_params`; only how the result reaches the study differs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .candidate import score_candidate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """``state`` complete (``values`` set), pruned (stopped early) or fail (``attrs['error']``);
+    ``attrs`` are the trial's user attributes (plan, canonical key, mask hash, seconds, reuse)."""
+
+    state: Literal["complete", "pruned", "fail"]
+    values: list[float] | None = None
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Memo:
+    """Values already measured, by canonical key and by mask hash."""
+
+    by_key: dict[str, list[float]] = field(default_factory=dict)
+    by_mask: dict[str, list[float]] = field(default_factory=dict)
+
+
+def evaluate_params(params: dict, *, space, profile, ctx, objectives: list, memo: Memo, report=None) -> Outcome:
+    """Evaluate one parameter set; never raises for a bad candidate (it becomes a failed outcome)."""
+    from objectives.base import TrialStopped
+
+    try:
+        plan = space.decode(params, profile)
+        key = space.canonical_key(params)
+    except Exception as exc:  # noqa: BLE001 - a bad candidate fails its trial, never the study
+        return Outcome("fail", attrs={"error": f"decode: {exc}"})
+    attrs = {"canonical_key": key, "plan": plan.to_dict()}
+    if key in memo.by_key:
+        return Outcome("complete", list(memo.by_key[key]), {**attrs, "reused": "canonical"})
+    try:
+        score = score_candidate(ctx, plan, objectives, report=report, known=memo.by_mask)
+    except TrialStopped:
+        return Outcome("pruned", attrs=attrs)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.warning("candidate failed: %s", exc)
+        return Outcome("fail", attrs={**attrs, "error": f"{type(exc).__name__}: {exc}"})
+    attrs.update(mask_hash=score.mask_hash, realised_sparsity=score.realised_sparsity, seconds=round(score.seconds, 3))
+    if score.info.get("reused"):
+        attrs["reused"] = score.info["reused"]
+    memo.by_key[key] = score.values
+    memo.by_mask[score.mask_hash] = score.values
+    return Outcome("complete", list(score.values), attrs)

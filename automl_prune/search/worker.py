@@ -1,0 +1,52 @@
+"""A trial worker: model, statistics and dense references loaded once, then any number of
+candidates evaluated against them. The Ray trainables and actors wrap one of these; nothing here
+imports Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import optuna
+
+from .config import StudyConfig
+from .evaluate import Memo, Outcome, evaluate_params
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Loads what a study scores candidates with (statistics from the on-disk cache the driver
+    filled, so a worker reads them instead of recomputing) and evaluates parameter sets."""
+
+    def __init__(self, config: StudyConfig | dict, *, storage: str | None = None, threads: int | None = None):
+        import torch
+
+        from objectives import make_objective
+        from search_spaces import make_space
+
+        from .setup import load_search
+
+        self.config = config if isinstance(config, StudyConfig) else StudyConfig.model_validate(config)
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        space = make_space(self.config.space)
+        self.objectives = [make_objective(o.name, **o.params) for o in self.config.objectives]
+        self.ctx, self.profile, self.space = load_search(self.config, space, self.objectives, progress=False)
+        self.memo = Memo()
+        if storage is not None:
+            from .driver import remember_finished, study_name
+
+            try:  # values other workers already measured: reuse them for equal candidates
+                study = optuna.load_study(study_name=study_name(self.config), storage=storage)
+                remember_finished(study, self.memo)
+            except Exception as exc:  # noqa: BLE001 - the memo is an optimisation only
+                log.warning("worker could not read the study for reuse: %s", exc)
+        self.evaluated = 0
+
+    def evaluate(self, params: dict) -> Outcome:
+        self.evaluated += 1
+        outcome = evaluate_params(params, space=self.space, profile=self.profile, ctx=self.ctx, objectives=self.objectives,
+                                  memo=self.memo)
+        outcome.attrs["worker_pid"] = os.getpid()
+        return outcome

@@ -1,0 +1,200 @@
+"""The Ray executor on real Ray (a local instance, and a two-node cluster started here): same
+outputs and, sequentially with the same seed, the same trial values as the local executor; trials
+on both nodes; a killed worker and a killed search lose no completed trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from automl_prune.search.config import load_config
+from automl_prune.search.run import run_search
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _config(tmp_path, tiny_llama_dir, data_dir, name="config.yaml", **over):
+    base = {
+        "model": str(tiny_llama_dir),
+        "device": "cpu",
+        "data_dir": str(data_dir),
+        "cache_dir": str(tmp_path / "cache"),
+        "calibration": {"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 0},
+        "probe": {"nsamples": 2, "seqlen": 64, "seed": 1},
+        "heldout": {"source": "wikitext2", "seqlen": 128, "windows": 2},
+        "space": {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
+                  "pattern": {"name": "unstructured", "sparsity": 0.5}},
+        "objectives": [{"name": "layer_recon"}],
+        "searcher": {"name": "tpe", "seed": 0, "n_startup_trials": 4},
+        "budget": {"trials": 8},
+        "final": {"baselines": ["wanda"], "top": 1, "fidelity_sample": 0},
+    }
+    base.update(over)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def _trials(out):
+    return optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture
+def ray_clean():
+    """Nothing of Ray left running after the test (the local instances the search starts, or a cluster)."""
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    path = _config(tmp_path, tiny_llama_dir, data_dir)
+    local = tmp_path / "local"
+    run_search(load_config(path), local, progress=False)
+    on_ray = tmp_path / "ray"
+    report = run_search(load_config(path, {"executor": "ray", "ray.max_concurrent_trials": 1}), on_ray, progress=False)
+    for name in ("config.yaml", "study.db", "trials.csv", "best.yaml", "report.md", "final.json", "history.png"):
+        assert (on_ray / name).exists(), name
+    a, b = _trials(local), _trials(on_ray)
+    assert len(b) == 8 and all(t.state == TrialState.COMPLETE for t in b)
+    assert [(t.params, t.values) for t in a] == [(t.params, t.values) for t in b]
+    # what the reports read is recorded for Ray trials too, plus where each ran
+    assert all("plan" in t.user_attrs and "ray_node_id" in t.user_attrs for t in b)
+    assert [t.user_attrs.get("named_point") for t in a] == [t.user_attrs.get("named_point") for t in b]
+    assert json.loads((on_ray / "meta.json").read_text())["executor"] == "ray"
+    assert "Held-out comparison" in report.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    port = _free_port()
+    env = dict(_env(), RAY_AUTH_MODE="disabled")  # a throwaway local cluster: no token (this driver has none)
+    common = ["--num-cpus=1", "--object-store-memory=100000000"]
+    head = subprocess.run(["ray", "start", "--head", f"--port={port}", "--resources", '{"head_slot": 1}', *common,
+                           "--include-dashboard=false", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert head.returncode == 0, head.stderr[-2000:]
+    worker = subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--resources", '{"worker_slot": 1}', *common],
+                            capture_output=True, text=True, timeout=180, env=env)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    # pymoo NSGA-III farms each generation out to two actors of one CPU each: one per node
+    path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 8}, executor="ray",
+                   searcher={"name": "pymoo-nsga3", "seed": 0, "population": 4, "seed_named_points": False},
+                   space={"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
+                          "pattern": {"name": "sparsity", "low": 0.3, "high": 0.7}},
+                   objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
+                   ray={"address": f"127.0.0.1:{port}", "max_concurrent_trials": 2, "cpus_per_trial": 1})
+    out = tmp_path / "run"
+    run_search(load_config(path), out, progress=False, final=False)
+    trials = _trials(out)
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    ray.init(address=f"127.0.0.1:{port}", logging_level="ERROR")
+    nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    ran_on = {t.user_attrs["ray_node_id"] for t in trials}
+    assert ran_on <= set(nodes)
+    slots = {k for node in ran_on for k in nodes[node] if k.endswith("_slot")}
+    assert slots == {"head_slot", "worker_slot"}, f"trials ran on {ran_on}; nodes {nodes}"
+
+
+def _search(path, out, env, *extra):
+    """The CLI in its own process group, its output in a log file next to the run folder."""
+    log = open(out.parent / f"{out.name}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([sys.executable, "-m", "automl_prune", "search", "--config", str(path), "--out", str(out),
+                             "--no-final", *extra], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def _finish(proc, timeout):
+    """Wait for the process; returns (exit code, the tail of its output)."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.log.seek(0)
+    return proc.returncode, proc.log.read()[-3000:]
+
+
+def _completed(out) -> int:
+    """Completed trials, read with plain read-only SQL (opening the storage with Optuna while the
+    search creates it would race its schema setup)."""
+    path = out / "study.db"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:  # tables not created yet
+        return 0
+
+
+def _wait_for(out, n, proc, timeout=240):
+    """Wait until the study holds ``n`` completed trials; returns them."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            proc.log.seek(0)
+            raise AssertionError(f"the search ended early:\n{proc.log.read()[-3000:]}")
+        if _completed(out) >= n:
+            return [t for t in _trials(out) if t.state == TrialState.COMPLETE]
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {n} completed trials after {timeout} s")
+
+
+def test_killed_worker_loses_no_completed_trial(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 10}, ray={"max_failures": 2})
+    out = tmp_path / "run"
+    proc = _search(path, out, _env(), "--executor", "ray")  # chosen on the command line, as a user would
+    before = _wait_for(out, 3, proc)
+    os.kill(int(before[-1].user_attrs["worker_pid"]), signal.SIGKILL)  # the Ray actor running the trials
+    rc, output = _finish(proc, 300)
+    assert rc == 0, output
+    trials = _trials(out)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    assert len(finished) == 10
+    kept = {t.number: (t.params, t.values) for t in trials}
+    assert all(kept[t.number] == (t.params, t.values) for t in before)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 9
+
+
+def test_interrupted_search_resumes_the_same_study(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 10}, executor="ray")
+    out = tmp_path / "run"
+    proc = _search(path, out, _env())
+    before = _wait_for(out, 4, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the search and the Ray instance it started
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    again = _search(path, out, _env())
+    rc, output = _finish(again, 400)
+    assert rc == 0, output
+    trials = _trials(out)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 10
+    kept = {t.number: (t.params, t.values) for t in trials}
+    assert all(kept[t.number] == (t.params, t.values) for t in before)
