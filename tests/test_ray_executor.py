@@ -198,3 +198,20 @@ def test_interrupted_search_resumes_the_same_study(tmp_path, tiny_llama_dir, dat
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 10
     kept = {t.number: (t.params, t.values) for t in trials}
     assert all(kept[t.number] == (t.params, t.values) for t in before)
+
+
+def test_nsga3_front_on_ray(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    """Several objectives through Tune: OptunaSearch gets the lists of metrics and modes."""
+    path = _config(tmp_path, tiny_llama_dir, data_dir, executor="ray", budget={"trials": 8},
+                   space={"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
+                          "pattern": {"name": "sparsity", "low": 0.3, "high": 0.8}},
+                   objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
+                   searcher={"name": "nsga3", "seed": 0, "population": 4, "seed_named_points": False},
+                   final={"top": 2, "fidelity_sample": 0, "baselines": ["wanda"]},
+                   ray={"max_concurrent_trials": 2})
+    out = tmp_path / "run"
+    run_search(load_config(path), out, progress=False)
+    trials = _trials(out)
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert all(abs(t.values[1] - t.user_attrs["realised_sparsity"]) < 1e-9 for t in trials)
+    assert list((out / "pareto").glob("trial-*.yaml")) and (out / "pareto.png").exists()
