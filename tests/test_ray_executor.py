@@ -109,11 +109,16 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, tiny_llama_dir, da
                    objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
                    ray={"address": f"127.0.0.1:{port}", "max_concurrent_trials": 2, "cpus_per_trial": 1})
     out = tmp_path / "run"
-    run_search(load_config(path), out, progress=False, final=False)
+    # the search joins the cluster from its own process, as `automl-prune search --ray-address` does
+    rc, output = _finish(_search(path, out, env), 400)
+    assert rc == 0, output
     trials = _trials(out)
-    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
-    ray.init(address=f"127.0.0.1:{port}", logging_level="ERROR")
-    nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("error") for t in trials]
+    listing = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+                              "print(json.dumps([(n['NodeID'], n['Resources']) for n in ray.nodes() if n['Alive']]))"
+                              % f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=180, env=env)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    nodes = dict(json.loads(listing.stdout.strip().splitlines()[-1]))
     ran_on = {t.user_attrs["ray_node_id"] for t in trials}
     assert ran_on <= set(nodes)
     slots = {k for node in ran_on for k in nodes[node] if k.endswith("_slot")}

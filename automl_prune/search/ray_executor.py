@@ -187,7 +187,8 @@ def evaluate_on(actors: list):
             try:
                 outcomes.append(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                outcomes.append(Outcome("fail", attrs={"error": f"worker failed: {type(exc).__name__}"}))
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                outcomes.append(Outcome("fail", attrs={"error": f"worker failed: {type(exc).__name__}: {first}"}))
         return outcomes
 
     return evaluate
