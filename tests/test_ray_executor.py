@@ -15,36 +15,20 @@ import time
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from automl_prune.search.config import load_config
 from automl_prune.search.run import run_search
+from study_configs import tiny_study_config
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _config(tmp_path, tiny_llama_dir, data_dir, name="config.yaml", **over):
-    base = {
-        "model": str(tiny_llama_dir),
-        "device": "cpu",
-        "data_dir": str(data_dir),
-        "cache_dir": str(tmp_path / "cache"),
-        "calibration": {"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 0},
-        "probe": {"nsamples": 2, "seqlen": 64, "seed": 1},
-        "heldout": {"source": "wikitext2", "seqlen": 128, "windows": 2},
-        "space": {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
-                  "pattern": {"name": "unstructured", "sparsity": 0.5}},
-        "objectives": [{"name": "layer_recon"}],
-        "searcher": {"name": "tpe", "seed": 0, "n_startup_trials": 4},
-        "budget": {"trials": 8},
-        "final": {"baselines": ["wanda"], "top": 1, "fidelity_sample": 0},
-    }
-    base.update(over)
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(base))
-    return path
+def _config(tmp_path, tiny_llama_dir, data_dir, **over):
+    """The shared tiny study, 8 trials, a light final comparison."""
+    over = {"budget": {"trials": 8}, "final": {"baselines": ["wanda"], "top": 1, "fidelity_sample": 0}, **over}
+    return tiny_study_config(tmp_path, tiny_llama_dir, data_dir, name="config.yaml", **over)
 
 
 def _trials(out):

@@ -13,30 +13,10 @@ from automl_prune.errors import UserError
 from automl_prune.search.config import load_config
 from automl_prune.search.run import run_search
 from objectives.base import Objective, register
+from study_configs import tiny_study_config
 
 
-def _config(tmp_path, tiny_llama_dir, data_dir, **over):
-    base = {
-        "model": str(tiny_llama_dir),
-        "device": "cpu",
-        "data_dir": str(data_dir),
-        "cache_dir": str(tmp_path / "cache"),
-        "calibration": {"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 0},
-        "probe": {"nsamples": 2, "seqlen": 64, "seed": 1},
-        "heldout": {"source": "wikitext2", "seqlen": 128, "windows": 2},
-        "space": {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"}, "pattern": {"name": "unstructured", "sparsity": 0.5}},
-        "objectives": [{"name": "layer_recon"}],
-        "searcher": {"name": "tpe", "seed": 0, "n_startup_trials": 4},
-        "budget": {"trials": 10},
-        "final": {"baselines": ["wanda", "magnitude"], "top": 1, "fidelity_sample": 4},
-    }
-    for key, value in over.items():
-        base[key] = value
-    path = tmp_path / "config.in.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(base))
-    return path
+_config = tiny_study_config
 
 
 def _study(out):

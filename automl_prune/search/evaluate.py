@@ -47,8 +47,6 @@ def evaluate_params(params: dict, *, space, profile, ctx, objectives: list, memo
         score = score_candidate(ctx, plan, objectives, report=report, known=memo.by_mask)
     except TrialStopped:
         return Outcome("pruned", attrs=attrs)
-    except KeyboardInterrupt:
-        raise
     except Exception as exc:  # noqa: BLE001
         log.warning("candidate failed: %s", exc)
         return Outcome("fail", attrs={**attrs, "error": f"{type(exc).__name__}: {exc}"})

@@ -52,10 +52,10 @@ class CandidateTrainable(tune.Trainable):
     def setup(self, config, study_config=None, storage=None, threads=None):
         self.worker = Worker(study_config, storage=storage, threads=threads)
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.names = set(self.worker.space.distributions())
 
     def step(self):
-        names = self.worker.space.distributions()
-        outcome = self.worker.evaluate({k: v for k, v in self.config.items() if k in names})
+        outcome = self.worker.evaluate({k: v for k, v in self.config.items() if k in self.names})
         values = outcome.values or [math.nan] * len(self.worker.objectives)
         metrics = {o.name: float(v) for o, v in zip(self.worker.config.objectives, values)}
         attrs = dict(outcome.attrs, ray_node_id=self.node_id)
@@ -121,12 +121,6 @@ def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
     if remaining is not None and remaining <= 0:
         return 0
     storage = storage_url(cfg, out)
-    names = [o.name for o in cfg.objectives]
-    modes = ["min" if d == "minimize" else "max" for d in directions_of(cfg, state.objectives)]
-    one = len(names) == 1
-    searcher = StudySearch(space=state.space.distributions(), metric=names[0] if one else names,
-                           mode=modes[0] if one else modes, sampler=make_sampler(cfg), study_name=study_name(cfg),
-                           storage=optuna.storages.get_storage(storage))
     trainable = tune.with_resources(
         tune.with_parameters(CandidateTrainable, study_config=cfg.model_dump(mode="json"), storage=storage,
                              threads=max(1, int(cfg.ray.cpus_per_trial))),
@@ -140,6 +134,12 @@ def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
         log.info("continuing the interrupted Ray run %s", root / name)
         tuner = tune.Tuner.restore(str(root / name), trainable=trainable, resume_errored=True)
     else:
+        names = [o.name for o in cfg.objectives]
+        modes = ["min" if d == "minimize" else "max" for d in directions_of(cfg, state.objectives)]
+        one = len(names) == 1
+        searcher = StudySearch(space=state.space.distributions(), metric=names[0] if one else names,
+                               mode=modes[0] if one else modes, sampler=make_sampler(cfg), study_name=study_name(cfg),
+                               storage=optuna.storages.get_storage(storage))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1 if remaining is None else remaining,

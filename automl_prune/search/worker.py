@@ -42,10 +42,8 @@ class Worker:
                 remember_finished(study, self.memo)
             except Exception as exc:  # noqa: BLE001 - the memo is an optimisation only
                 log.warning("worker could not read the study for reuse: %s", exc)
-        self.evaluated = 0
 
     def evaluate(self, params: dict) -> Outcome:
-        self.evaluated += 1
         outcome = evaluate_params(params, space=self.space, profile=self.profile, ctx=self.ctx, objectives=self.objectives,
                                   memo=self.memo)
         outcome.attrs["worker_pid"] = os.getpid()
