@@ -19,11 +19,22 @@ def save_pretrained_clean(model: nn.Module, tokenizer, out: Path) -> None:
         tokenizer.save_pretrained(out)
 
 
-def export_pruned(model: nn.Module, tokenizer, out: str | Path, plan: PruningPlan, metrics: dict) -> Path:
-    """Write ``out/`` = model (safetensors, config, tokenizer) + ``plan.yaml`` + ``metrics.json``."""
+#: where the input-channel orders of a permuted N:M prune are written
+PERMUTATIONS_FILE = "channel_permutations.safetensors"
+
+
+def export_pruned(model: nn.Module, tokenizer, out: str | Path, plan: PruningPlan, metrics: dict,
+                  permutations: dict | None = None) -> Path:
+    """Write ``out/`` = model (safetensors, config, tokenizer) + ``plan.yaml`` + ``metrics.json``,
+    plus the per-layer channel orders (``channel_permutations.safetensors``: permuted column k of
+    layer L is original column order[k]) when the mask is N:M only in a permuted order."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_pretrained_clean(model, tokenizer, out)
+    if permutations:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in permutations.items()}, str(out / PERMUTATIONS_FILE))
     plan.save(out / "plan.yaml")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return out

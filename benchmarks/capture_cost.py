@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+from setup_args import add_model_and_data
 
 import torch
 
@@ -40,19 +41,15 @@ def capture(model, ids, batch_size, gram):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--calib", default="c4")
-    ap.add_argument("--nsamples", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
+    add_model_and_data(ap, evaluation=False)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOML_PRUNE_DATA_DIR"))
     ap.add_argument("--out", default=str(RESULTS / "capture_cost"))
     args = ap.parse_args()
 
-    loaded = load_model(args.model, device="cpu")
+    loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     model = loaded.model
-    ids = calibration_windows(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=0,
+    ids = calibration_windows(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                               data_dir=args.data_dir).input_ids
     cases = {
         "plain forward (decoder, no logits)": lambda: plain_forward(model, ids, args.batch_size),

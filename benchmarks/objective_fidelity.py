@@ -204,7 +204,7 @@ def main() -> None:
             start = time.perf_counter()
             pruned = ctx.apply(plan)
             apply_s = time.perf_counter() - start
-            digest = mask_hash(ctx)
+            digest = mask_hash(ctx, plan)
             if name in done:
                 seen.add(digest)
                 rows.append(done[name])

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+from setup_args import add_model_and_data
 
 from automl_prune.data import calibration_windows, evaluation_windows
 from automl_prune.evaluation.perplexity import perplexity
@@ -30,19 +31,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--calib", default="c4")
-    ap.add_argument("--nsamples", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval", default="wikitext2")
-    ap.add_argument("--eval-seqlen", type=int, default=1024)
-    ap.add_argument("--eval-windows", type=int, default=16)
+    add_model_and_data(ap)
     ap.add_argument("--methods", default="magnitude,wanda,ria,stade,bawa,sparsegpt")
     ap.add_argument("--targets", default="0.5,2:4", help="comma-separated sparsities and N:M patterns")
     ap.add_argument("--modes", default="one-shot,sequential")
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOML_PRUNE_DATA_DIR"))
-    ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=str(RESULTS / "quality_smollm2"))
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows already recorded in OUT.json (same model and windows) and compute only the missing ones")

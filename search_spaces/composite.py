@@ -5,6 +5,7 @@ Config (the ``space:`` section of a study config)::
     metric:     {name: bawa | optishear | generic, ...}      default {name: bawa}
     allocation: {name: uniform | owl | alpha | offsets | depth, ...}   default uniform
     pattern:    {name: unstructured | sparsity | nm, ...}    default {name: unstructured, sparsity: 0.5}
+    reconstruction: {update: [...], refine: [...], permute: [...]}   default: none of them
 
 Each section may also be a bare name (``metric: optishear``). Unknown sections, names and
 fields, bad values and impossible combinations (N:M with a non-uniform allocation, a target
@@ -12,8 +13,10 @@ outside the allocation bounds) raise UserError naming the field (``space.metric.
 
 Named points of a composed space: every metric point with the allocation's default (first) point,
 plus the Wanda point (else the first metric point) with each other allocation point, each at every
-pattern point. Labels: ``metric``, ``metric+allocation`` when the allocation point is not
-"uniform", ``@pattern-label`` when the pattern has several points (``wanda+owl@s=0.5``).
+pattern point, plus the anchor with each other weight update of the reconstruction section.
+Labels: ``metric``, ``metric+allocation`` when the allocation point is not "uniform",
+``metric+update`` (``wanda+admm``), ``@pattern-label`` when the pattern has several points
+(``wanda+owl@s=0.5``).
 """
 
 from __future__ import annotations
@@ -29,20 +32,28 @@ from .base import SearchSpace, check_params
 from .metrics import METRIC_SPACES, MetricPart
 from .parts import parse_config
 from .patterns import PATTERN_SPACES, PatternPart
+from .reconstruction import RECONSTRUCTION_SPACES, ReconstructionConfig, ReconstructionSpace
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "metric": {"name": "bawa"},
     "allocation": {"name": "uniform"},
     "pattern": {"name": "unstructured", "sparsity": 0.5},
+    "reconstruction": {"name": "choice"},
 }
 
 
 class ComposedSpace(SearchSpace):
-    """The product of a metric, an allocation and a pattern part (union of their parameters)."""
+    """The product of a metric, an allocation, a pattern and a reconstruction part (union of their
+    parameters)."""
 
-    def __init__(self, metric: MetricPart, allocation: AllocationPart, pattern: PatternPart):
+    def __init__(self, metric: MetricPart, allocation: AllocationPart, pattern: PatternPart,
+                 reconstruction: ReconstructionSpace | None = None):
         self.metric, self.allocation, self.pattern = metric, allocation, pattern
+        self.reconstruction = reconstruction or ReconstructionSpace(ReconstructionConfig())
         self.name = f"{metric.name}+{allocation.name}+{pattern.name}"
+        if self.reconstruction.permutes and pattern.nm is None:
+            raise UserError("invalid space config: field 'space.reconstruction.permute': channel permutation applies to "
+                            "N:M patterns only; use permute: [none] or an nm pattern")
         if pattern.nm is not None and not allocation.uniform:
             raise UserError(f"invalid space config: field 'space.allocation': the N:M pattern {pattern.pattern} fixes "
                             f"every layer's sparsity; use allocation uniform (got {allocation.name!r})")
@@ -53,7 +64,7 @@ class ComposedSpace(SearchSpace):
 
     @property
     def parts(self) -> tuple:
-        return (self.metric, self.allocation, self.pattern)
+        return (self.metric, self.allocation, self.pattern, self.reconstruction)
 
     def distributions(self) -> dict:
         out: dict = {}
@@ -68,6 +79,7 @@ class ComposedSpace(SearchSpace):
         fields: dict[str, Any] = dict(metric=metric, pattern=self.pattern.pattern, group=group)
         if self.pattern.nm is None:
             fields["sparsity"] = self.allocation.allocate(params, profile, target)
+        fields.update({k: v for k, v in self.reconstruction.fields(params).items() if v != "none"})
         return PruningPlan.from_dict(fields, source=f"candidate of space {self.name}")
 
     def named_points(self) -> dict[str, dict]:
@@ -77,12 +89,15 @@ class ComposedSpace(SearchSpace):
         if not metrics or not allocs or not patterns:
             return {}
         anchor = "wanda" if "wanda" in metrics else next(iter(metrics))
-        combos = [(m, allocs[0]) for m in metrics] + [(anchor, a) for a in allocs[1:]]
+        recons = [(k, v) for k, v in self.reconstruction.named_points().items() if v is not None]
+        combos = ([(m, allocs[0], recons[0]) for m in metrics] + [(anchor, a, recons[0]) for a in allocs[1:]]
+                  + [(anchor, allocs[0], r) for r in recons[1:]])
         out: dict[str, dict] = {}
         for plabel, ppoint in patterns.items():
-            for mlabel, (alabel, apoint) in combos:
-                label = mlabel + ("" if alabel == "uniform" else f"+{alabel}") + (f"@{plabel}" if plabel else "")
-                out[label] = {**metrics[mlabel], **apoint, **ppoint}
+            for mlabel, (alabel, apoint), (rlabel, rpoint) in combos:
+                label = (mlabel + ("" if alabel == "uniform" else f"+{alabel}") + (f"+{rlabel}" if rlabel else "")
+                         + (f"@{plabel}" if plabel else ""))
+                out[label] = {**metrics[mlabel], **apoint, **rpoint, **ppoint}
         return out
 
     def canonical_key(self, params: dict) -> str:
@@ -91,14 +106,20 @@ class ComposedSpace(SearchSpace):
             "allocation": self.allocation.canonical(params),
             "pattern": self.pattern.canonical(params),
         }
+        if not self.reconstruction.trivial:
+            key["reconstruction"] = recon = self.reconstruction.canonical(params)
+            if recon[2] != "none":  # the channel permutation reads the scores' column sums: no reduction holds
+                key["metric"] = ["raw", self.metric.decode(params)[0].model_dump(mode="json")]
         return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
     def bind(self, profile: Any) -> "ComposedSpace":
         allocation = self.allocation.bind(profile)
-        return self if allocation is self.allocation else ComposedSpace(self.metric, allocation, self.pattern)
+        return self if allocation is self.allocation else ComposedSpace(self.metric, allocation, self.pattern,
+                                                                        self.reconstruction)
 
 
-_REGISTRIES = {"metric": METRIC_SPACES, "allocation": ALLOCATION_SPACES, "pattern": PATTERN_SPACES}
+_REGISTRIES = {"metric": METRIC_SPACES, "allocation": ALLOCATION_SPACES, "pattern": PATTERN_SPACES,
+               "reconstruction": RECONSTRUCTION_SPACES}
 
 
 def make_space(config: dict | SearchSpace | None = None) -> SearchSpace:
@@ -121,7 +142,8 @@ def make_space(config: dict | SearchSpace | None = None) -> SearchSpace:
             section = {"name": section}
         if not isinstance(section, dict):
             raise UserError(f"invalid space config: field '{where}': expected a mapping or a name, got {section!r}")
-        name = section.get("name")
+        name = section.get("name", "choice" if kind == "reconstruction" else None)
+        section = {**section, "name": name} if name is not None else section
         if name not in registry:
             raise UserError(f"invalid space config: field '{where}.name': unknown {kind} space {name!r}; "
                             f"choose one of {', '.join(registry)}")

@@ -436,7 +436,7 @@ def test_reference_groups_of_the_named_methods():
         plan = plan_for_method(method, sparsity=0.5)
         assert (plan.group or default_group(plan.metric)) == group
         assert space.named_points()[method]["metric.group"] == group
-    assert set(METHODS) == set(expected) | {"sparsegpt"}
+    assert set(METHODS) == set(expected) | {"sparsegpt", "admm", "dsnot"}
 
 
 def test_undecoded_equivalents_give_the_named_masks(prune):
@@ -705,3 +705,15 @@ def test_keys_of_allocations_and_patterns(profile):
 def test_metric_form_rejects_unknown_ranking():
     with pytest.raises(ValueError):
         metric_form(WandaMetric(), "column_block")
+
+
+def test_owl_with_lambda_zero_in_range_encodes_uniform(profile):
+    space = make_space({"metric": "bawa", "allocation": {"name": "owl", "lambda": [0.0, 0.3]},
+                        "pattern": {"name": "sparsity", "low": 0.3, "high": 0.8, "points": [0.3, 0.6]}}).bind(profile)
+    points = space.named_points()
+    assert {"wanda@s=0.3", "wanda+owl@s=0.3", "wanda@s=0.6"} <= set(points)
+    plan = space.decode(points["wanda@s=0.6"], profile)
+    assert plan.sparsity == pytest.approx([0.6] * len(plan.sparsity))
+    other_m = dict(points["wanda@s=0.6"], **{"alloc.M": 9.0})
+    assert space.canonical_key(other_m) == space.canonical_key(points["wanda@s=0.6"])  # lambda 0: M is moot
+    assert make_space({"metric": "bawa", "allocation": "owl"}).allocation.named_points().keys() == {"owl"}

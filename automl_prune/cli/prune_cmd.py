@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..export import PERMUTATIONS_FILE
 from ..pruning.methods import METHODS, plan_for_method
 from ..pruning.plan import PruningPlan
 from . import common
@@ -26,7 +27,10 @@ def register(sub) -> None:
     what.add_argument("--pattern", metavar="N:M", help="N:M pattern, N of every M weights kept (e.g. 2:4)")
     what.add_argument("--mode", choices=["one-shot", "sequential"], help="statistics of the dense model, or of the "
                       "already pruned earlier blocks (default one-shot)")
-    what.add_argument("--update", choices=["none", "sparsegpt"], help="weight update after masking (default none)")
+    what.add_argument("--update", choices=["none", "sparsegpt", "admm"], help="weight update after masking (default none)")
+    what.add_argument("--refine", choices=["none", "dsnot"], help="mask refinement before the update (default none)")
+    what.add_argument("--permute", choices=["none", "heuristic", "lsa"], help="N:M only: choose the mask in a permuted "
+                      "input-channel order (RIA); lsa adds linear-sum-assignment refinement (slower)")
     common.add_calibration_options(p)
     common.add_data_dir_option(p)
     common.add_eval_options(p)
@@ -42,7 +46,8 @@ def build_plan(args: argparse.Namespace) -> PruningPlan:
         raise UserError("give either --sparsity (unstructured) or --pattern N:M, not both")
     if args.plan:
         plan = PruningPlan.load(args.plan)
-        overrides = {k: v for k, v in dict(mode=args.mode, update=args.update).items() if v is not None}
+        overrides = {k: v for k, v in dict(mode=args.mode, update=args.update, refine=args.refine,
+                                           permute=args.permute).items() if v is not None}
         if args.sparsity is not None:
             overrides.update(sparsity=args.sparsity, pattern="unstructured", layer_sparsity={})
         if args.pattern is not None:
@@ -50,7 +55,8 @@ def build_plan(args: argparse.Namespace) -> PruningPlan:
         return PruningPlan.from_dict(plan.to_dict() | overrides, source=f"plan {args.plan} with command-line overrides") if overrides else plan
     pattern = args.pattern or "unstructured"
     sparsity = args.sparsity if args.sparsity is not None else (None if args.pattern else 0.5)
-    return plan_for_method(args.method, sparsity=sparsity, pattern=pattern, mode=args.mode or "one-shot", update=args.update)
+    return plan_for_method(args.method, sparsity=sparsity, pattern=pattern, mode=args.mode or "one-shot", update=args.update,
+                           refine=args.refine, permute=args.permute)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
         "evaluation": {s: {"data": evals[s].info, "dense": dense_ppl[s], "pruned": pruned_ppl[s], **({"kl": kl[s]} if s in kl else {})}
                        for s in evals},
         "layers": result.layers,
+        **({"pattern_note": permuted_note(plan)} if result.permutations else {}),
         "environment": environment(device),
         "command": shlex.join(["automl-prune", *sys.argv[1:]]),
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    export_pruned(model, tok, out, plan, metrics)
+    export_pruned(model, tok, out, plan, metrics, permutations=result.permutations)
     _summary(plan, result, dense_ppl, pruned_ppl, kl, out)
     return 0
 
@@ -121,4 +128,11 @@ def _summary(plan, result, dense_ppl, pruned_ppl, kl, out: Path) -> None:
             d, p = dense_ppl[s], pruned_ppl[s]
             extra = f"{kl[s]['kl']:>12.4f}" if s in kl else ""
             print(f"{s:<14}{d['n_windows']:>8}{d['ppl']:>12.3f}{p['ppl']:>12.3f}{extra}")
-    print(f"saved to {out}/ (model, plan.yaml, metrics.json)")
+    if result.permutations:
+        print(permuted_note(plan))
+    print(f"saved to {out}/ (model, plan.yaml, metrics.json{', ' + PERMUTATIONS_FILE if result.permutations else ''})")
+
+
+def permuted_note(plan) -> str:
+    return (f"the mask is {plan.pattern} in the permuted input-channel order saved in {PERMUTATIONS_FILE} "
+            f"(per layer); in the original channel order it is not {plan.pattern}")

@@ -19,11 +19,14 @@ from .plan import PruningPlan
 
 @dataclass
 class PruneResult:
-    """What was done: the plan, realised sparsity per layer, timings and calibration info."""
+    """What was done: the plan, realised sparsity per layer, timings and calibration info;
+    ``permutations``: per layer, the input-channel order in which its mask is N:M (plans with
+    ``permute``)."""
 
     plan: PruningPlan
     layers: dict[str, dict] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    permutations: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def realised_sparsity(self) -> float:
@@ -33,7 +36,12 @@ class PruneResult:
 
 
 def needs_statistics(plan: PruningPlan) -> bool:
-    return plan.update == "sparsegpt" or (plan.metric is not None and plan.metric.name != "magnitude")
+    return (plan.update != "none" or plan.refine != "none"
+            or (plan.metric is not None and plan.metric.name != "magnitude"))
+
+
+def needs_gram(plan: PruningPlan) -> bool:
+    return plan.update in ("sparsegpt", "admm")
 
 
 @torch.no_grad()
@@ -61,14 +69,16 @@ def prune_model(
     result = PruneResult(plan)
     start = time.perf_counter()
     need_stats = needs_statistics(plan)
-    with_gram = plan.update == "sparsegpt"
+    with_gram = needs_gram(plan)
     if need_stats and stats is None and input_ids is None:
         raise ValueError("this plan needs calibration windows (input_ids) or precomputed statistics")
 
     def prune_block(i: int, block: nn.Module, block_stats: BlockStats) -> None:
         for name, lin in prunable_linears(block).items():
             target = plan.sparsity_for(i, name, len(blocks))
-            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target)
+            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name)
+            if "order" in info:
+                result.permutations[f"{i}.{name}"] = info.pop("order")
             lin.weight.data.copy_(new)
             zeros = int((lin.weight == 0).sum())
             result.layers[f"{i}.{name}"] = dict(target=round(target, 6), zeros=zeros, numel=lin.weight.numel(),

@@ -1,4 +1,5 @@
-"""Prune one weight matrix according to a plan: scores -> mask -> (optional) weight update."""
+"""Prune one weight matrix according to a plan: scores -> mask (optionally in a permuted channel
+order, optionally refined by DSnoT) -> weight update (none, SparseGPT or ADMM)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,108 @@ import torch
 from ..calibration.stats import LinearStats
 from ..errors import PruningError
 from ..metrics.kernel import default_group, score
+from .admm import admm_prune
+from .dsnot import dsnot_refine
 from .masks import nm_mask, unstructured_mask
+from .permutation import nm_permutation, permuted_nm_mask
 from .plan import PruningPlan
 from .sparsegpt import sparsegpt_prune
 
 
-def metric_mask(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float) -> torch.Tensor:
-    """Boolean mask (True = pruned) from the plan's metric, pattern and comparison group."""
+def metric_scores(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan) -> torch.Tensor:
+    """The plan's metric scores of ``weight``; PruningError if any is not finite."""
     s = score(plan.metric, weight, stats)
     if not torch.isfinite(s).all():
         bad = int((~torch.isfinite(s)).sum())
         raise PruningError(f"metric {plan.metric.name} gave {bad} non-finite scores")
+    return s
+
+
+def mask_from_scores(s: torch.Tensor, plan: PruningPlan, sparsity: float, perm: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask (True = pruned) from scores, the plan's pattern and comparison group; N:M in
+    the permuted channel order when ``perm`` is given."""
     if plan.nm is not None:
-        return nm_mask(s, *plan.nm)
+        return nm_mask(s, *plan.nm) if perm is None else permuted_nm_mask(s, perm, *plan.nm)
     return unstructured_mask(s, sparsity, group=plan.group or default_group(plan.metric))
 
 
-def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float) -> tuple[torch.Tensor, dict]:
-    """The pruned copy of ``weight`` (same dtype) and a small info dict."""
+def metric_mask(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float) -> torch.Tensor:
+    """Boolean mask (True = pruned) from the plan's metric, pattern and comparison group."""
+    return mask_from_scores(metric_scores(weight, stats, plan), plan, sparsity)
+
+
+def _gradual_selector(stats: LinearStats, plan: PruningPlan, sparsity: float, perm: torch.Tensor | None):
+    """ADMM's gradual mask selection: the plan's metric on the iterate, at a fraction of the final
+    sparsity (N:M: the N:M survivors plus the best of the rest, exactly N:M at the end)."""
+
+    def select(w: torch.Tensor, fraction: float) -> torch.Tensor:
+        s = metric_scores(w, stats, plan)
+        if plan.nm is None:
+            return unstructured_mask(s, sparsity * fraction, group=plan.group or default_group(plan.metric))
+        final = mask_from_scores(s, plan, sparsity, perm)
+        if fraction >= 1.0:
+            return final
+        n, m = plan.nm
+        return unstructured_mask(s.masked_fill(~final, torch.inf), (1 - n / m) * fraction, group="matrix")
+
+    return select
+
+
+def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float,
+                 name: str = "") -> tuple[torch.Tensor, dict]:
+    """The pruned copy of ``weight`` (same dtype) and a small info dict (``order``: the channel
+    permutation as a tensor, when the plan permutes). ``name``: the layer's name in its block
+    (``mlp.down_proj``), for the refinement's ``skip`` list."""
     w = weight.detach().float()
     info: dict = {}
-    if plan.update == "sparsegpt":
-        if stats is None or stats.gram is None:
-            raise PruningError("the SparseGPT update needs calibration statistics with a Gram matrix")
-        mask = None if plan.metric is None else metric_mask(w, stats, plan, sparsity)
+    needs_gram = plan.update in ("sparsegpt", "admm")
+    if needs_gram and (stats is None or stats.gram is None):
+        raise PruningError(f"the {plan.update} update needs calibration statistics with a Gram matrix")
+    if plan.metric is None:  # SparseGPT chooses its own mask
         nm = plan.nm
-        new, mask, info = sparsegpt_prune(w, stats, sparsity=sparsity, prune_n=nm[0] if nm else 0, prune_m=nm[1] if nm else 0, mask=mask)
+        new, _, info = sparsegpt_prune(w, stats, sparsity=sparsity, prune_n=nm[0] if nm else 0, prune_m=nm[1] if nm else 0)
+        return _checked(new, weight), info
+    if sparsity <= 0.0 and plan.nm is None:
+        return weight.detach().clone(), info
+
+    s = metric_scores(w, stats, plan)
+    perm = None
+    if plan.permute != "none":
+        p = nm_permutation(s, *plan.nm, lsa=plan.permute == "lsa")
+        perm = p.order
+        info.update(permutation=p.method, retained_gain=round(p.retained / max(p.retained_identity, 1e-30) - 1, 6), order=perm)
+    mask = mask_from_scores(s, plan, sparsity, perm)
+
+    if plan.refine == "dsnot" and not set(name.split(".")) & set(plan.dsnot.skip):
+        if stats is None:
+            raise PruningError("DSnoT needs calibration statistics (input mean and variance)")
+        opts = plan.dsnot
+        cols = perm if perm is not None else slice(None)
+        r = dsnot_refine(w[:, cols], mask[:, cols], stats.mean[cols], stats.var[cols], s[:, cols], nm=plan.nm,
+                         max_cycles=opts.max_cycles, threshold=opts.threshold, var_power=opts.var_power,
+                         same_sign=opts.same_sign)
+        if perm is None:
+            mask = r.mask
+        else:
+            mask = torch.empty_like(mask)
+            mask[:, perm] = r.mask
+        info.update(dsnot_swaps=r.swaps)
+
+    if plan.update == "sparsegpt":
+        new, mask, sg_info = sparsegpt_prune(w, stats, mask=mask)
+        info.update(sg_info)
+    elif plan.update == "admm":
+        opts = plan.admm
+        select = _gradual_selector(stats, plan, sparsity, perm) if opts.gradual else None
+        new, mask, admm_info = admm_prune(w, stats.gram, mask, select=select, iterations=opts.iterations, rho=opts.rho,
+                                          damping=opts.damping, gradual_iterations=opts.gradual_iterations)
+        info.update(admm_info)
     else:
-        if sparsity <= 0.0 and plan.nm is None:
-            return weight.detach().clone(), info
-        new = w.masked_fill(metric_mask(w, stats, plan, sparsity), 0.0)
+        new = w.masked_fill(mask, 0.0)
+    return _checked(new, weight), info
+
+
+def _checked(new: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(new).all():
         raise PruningError("pruning produced non-finite weights")
-    return new.to(weight.dtype), info
+    return new.to(weight.dtype)

@@ -14,6 +14,11 @@ METHODS: dict[str, dict] = {
     # BaWA defaults (design notes 4): sum form, alpha = beta = 1, gamma = 0.5
     "bawa": {"metric": {"name": "bawa", "form": "sum", "alpha": 1.0, "beta": 1.0, "gamma": 0.5}},
     "sparsegpt": {"metric": None, "update": "sparsegpt", "group": "column_block"},
+    # Boza 2024 as its reference runs it: Wanda's score (|W| on the normalised problem) over the
+    # whole matrix, chosen gradually during the first 15 of 20 ADMM iterations
+    "admm": {"metric": {"name": "wanda"}, "group": "matrix", "update": "admm", "admm": {"gradual": True}},
+    # DSnoT on Wanda's mask (the reference's default initial method)
+    "dsnot": {"metric": {"name": "wanda"}, "refine": "dsnot"},
 }
 
 
@@ -24,6 +29,8 @@ def plan_for_method(
     pattern: str = "unstructured",
     mode: str = "one-shot",
     update: str | None = None,
+    refine: str | None = None,
+    permute: str | None = None,
 ) -> PruningPlan:
     """The plan of a named method (``wanda``, ``sparsegpt``, ...) at a sparsity or N:M pattern."""
     key = method.strip().lower()
@@ -32,6 +39,7 @@ def plan_for_method(
     fields = dict(METHODS[key], pattern=pattern, mode=mode)
     if sparsity is not None:
         fields["sparsity"] = sparsity
-    if update is not None:
-        fields["update"] = update
+    for key, value in dict(update=update, refine=refine, permute=permute).items():
+        if value is not None:
+            fields[key] = value
     return PruningPlan.from_dict(fields, source=f"method {method}")

@@ -1,4 +1,5 @@
-"""A pruning plan: metric + pattern + sparsity (global, per block, per layer) + mode + weight update.
+"""A pruning plan: metric + pattern + sparsity (global, per block, per layer) + mode + mask
+refinement (DSnoT) + channel permutation (N:M) + weight update (SparseGPT, ADMM).
 
 Plain data that round-trips through YAML, so a plan found on one machine prunes a model on
 another. ``prune_model(model, plan, ...)`` applies it.
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from ..errors import UserError
 from ..metrics.spec import metric_from_dict
@@ -19,9 +20,46 @@ from .masks import parse_pattern
 Group = Literal["row", "matrix", "column_block"]
 
 
+class AdmmOptions(BaseModel):
+    """ADMM update settings (Boza 2024): iterations, penalty rho, damping relative to the mean
+    diagonal of the normalised Gram matrix, and gradual mask selection over the first
+    ``gradual_iterations`` iterations (cubic schedule)."""
+
+    model_config = ConfigDict(extra="forbid")
+    iterations: int = Field(20, ge=1, le=1000)
+    rho: float = Field(1.0, gt=0.0)
+    damping: float = Field(0.1, ge=0.0)
+    gradual: bool = False
+    gradual_iterations: int = Field(15, ge=1)
+
+
+class DsnotOptions(BaseModel):
+    """DSnoT settings, defaults as in the reference: stop a row when its expected output shift is at
+    most ``threshold`` or after ``max_cycles`` swaps; regrowth divides by the input variance to
+    ``var_power``; ``same_sign`` also stops a row before a swap would flip the sign of its shift
+    (always on for N:M); layers with a name part in ``skip`` (``mlp``: every MLP projection,
+    ``down_proj``: one kind) keep the metric's mask."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_cycles: int = Field(50, ge=0)
+    threshold: float = Field(0.1, ge=0.0)
+    var_power: float = Field(1.0, ge=0.0)
+    same_sign: bool = False
+    skip: list[str] = ["mlp"]
+
+
+#: fields written to YAML only when they differ from their defaults (plans stay short)
+_QUIET_DEFAULTS = {"refine": "none", "permute": "none", "admm": AdmmOptions().model_dump(), "dsnot": DsnotOptions().model_dump()}
+
+
 class PruningPlan(BaseModel):
     """What to prune and how. ``metric: null`` is allowed only with ``update: sparsegpt`` (SparseGPT
-    then chooses the mask itself from its OBS saliency)."""
+    then chooses the mask itself from its OBS saliency).
+
+    ``refine: dsnot`` refines the metric's mask (per-row swaps, sparsity per row kept);
+    ``permute: heuristic | lsa`` (N:M only) chooses the mask in a permuted input-channel order,
+    so the mask is N:M in that order; ``update: sparsegpt | admm`` then updates the kept weights.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -31,7 +69,11 @@ class PruningPlan(BaseModel):
     pattern: str = "unstructured"
     group: Group | None = None
     mode: Literal["one-shot", "sequential"] = "one-shot"
-    update: Literal["none", "sparsegpt"] = "none"
+    update: Literal["none", "sparsegpt", "admm"] = "none"
+    refine: Literal["none", "dsnot"] = "none"
+    permute: Literal["none", "heuristic", "lsa"] = "none"
+    admm: AdmmOptions = AdmmOptions()
+    dsnot: DsnotOptions = DsnotOptions()
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -55,7 +97,11 @@ class PruningPlan(BaseModel):
     def _check(self) -> "PruningPlan":
         if self.metric is None and self.update != "sparsegpt":
             raise ValueError("metric is required unless update is 'sparsegpt'")
+        if self.metric is None and (self.refine != "none" or self.permute != "none"):
+            raise ValueError("refine and permute work on a metric's scores: give a metric (e.g. {name: wanda})")
         nm = self.nm
+        if self.permute != "none" and nm is None:
+            raise ValueError("permute applies to N:M patterns only (e.g. pattern: '2:4'); use permute: none")
         if nm is not None:
             implied = 1 - nm[0] / nm[1]
             if self.sparsity is None:
@@ -91,12 +137,18 @@ class PruningPlan(BaseModel):
     def describe(self) -> str:
         metric = "sparsegpt" if self.metric is None else self.metric.name
         target = self.pattern if self.nm else (f"{self.sparsity:.0%}" if isinstance(self.sparsity, float) else "per-block sparsity")
-        upd = "" if self.update == "none" else f" + {self.update} update"
-        return f"{metric} {target} ({self.mode}{upd})"
+        extra = "".join([f" + {self.refine}" if self.refine != "none" else "",
+                         f" + channel permutation ({self.permute})" if self.permute != "none" else "",
+                         f" + {self.update} update" if self.update != "none" else ""])
+        return f"{metric} {target} ({self.mode}{extra})"
 
     # ----- YAML ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        for key, default in _QUIET_DEFAULTS.items():
+            if data.get(key) == default:
+                del data[key]
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -29,9 +29,14 @@ class CandidateScore:
 
 
 @torch.no_grad()
-def mask_hash(ctx: SearchContext) -> str:
-    """Hash of which weights are zero in every prunable layer: equal hashes = identical masks."""
+def mask_hash(ctx: SearchContext, plan: PruningPlan | None = None) -> str:
+    """Hash of which weights are zero in every prunable layer: equal hashes = identical masks.
+
+    With a plan that updates the kept weights (SparseGPT, ADMM), the update and its settings are
+    hashed too: equal masks then give equal weights only under the same update."""
     h = hashlib.blake2b(digest_size=16)
+    if plan is not None and plan.update != "none":
+        h.update(f"update={plan.update};admm={plan.admm.model_dump_json() if plan.update == 'admm' else ''}".encode())
     for name, m in ctx.modules.items():
         h.update(name.encode())
         h.update(np.packbits((m.weight == 0).cpu().numpy()).tobytes())
@@ -49,7 +54,7 @@ def score_candidate(ctx: SearchContext, plan: PruningPlan, objectives: list, *, 
     """
     start = time.perf_counter()
     result = ctx.apply(plan)
-    digest = mask_hash(ctx)
+    digest = mask_hash(ctx, plan)
     if known is not None and digest in known:
         return CandidateScore(list(known[digest]), result.realised_sparsity, time.perf_counter() - start, digest,
                               {"reused": "mask"})

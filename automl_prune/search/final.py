@@ -29,7 +29,7 @@ class HeldoutEvaluator:
     def __call__(self, plan: PruningPlan) -> tuple[float, float, str]:
         ctx = self.state.ctx
         result = ctx.apply(plan)
-        digest = mask_hash(ctx)
+        digest = mask_hash(ctx, plan)
         if digest not in self.memo:
             self.memo[digest] = perplexity(ctx.model, ctx.heldout_ids, device=ctx.device, progress=False)["ppl"]
         return self.memo[digest], result.realised_sparsity, digest

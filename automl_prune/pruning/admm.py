@@ -1,0 +1,106 @@
+"""ADMM weight update (Boza 2024, "Fast and Effective Weight Update for Pruned Large Language
+Models"), pure tensor maths.
+
+Minimises the layer's output error over weights restricted to a mask,
+
+    min_W  ||X W0^T - X W^T||_F^2 + damp ||W0 - W||_F^2   subject to  W_ij = 0 where pruned,
+
+by ADMM on the split W = Z (Z carries the mask). Follows the reference ``AdmmPruner.fasterprune``
+(fmfi-compbio/admm-pruning, ``lib/admm.py``):
+
+1. Normalise the problem: n_j = sqrt(G_jj) + 1e-8 with G = X^T X; G' = G / (n n^T), W' = W * n
+   (column scaling), so that G' has a unit diagonal and |W'| is Wanda's score.
+2. Damping ``damping * mean(diag G')`` on the diagonal (0.1 in the paper); XY = W' G'_damped.
+3. A = G'_damped + rho I (rho = 1), inverted once (Cholesky).
+4. U = 0; for each iteration: [gradual: choose the mask from the current iterate]; Z = (W' + U)
+   masked; U += W' - Z; W' = (XY + rho (Z - U)) A^-1.
+5. The result is the last Z, unscaled: exact zeros wherever the mask prunes.
+
+Gradual mask selection (optional): during the first ``gradual_iterations`` iterations the mask is
+re-chosen from the iterate W' + U at the cubic schedule s_t = s (1 - (1 - (t + 1) / T)^3), by the
+caller's ``select`` function (which applies the plan's metric and pattern to a weight). After that
+the mask is fixed. Deviation from the reference: its unstructured gradual path passes the final
+sparsity to ``topk`` at every step, so its schedule does nothing; here the schedule is applied as
+the paper describes. Without ``select`` the given mask is kept from the start (the update only).
+
+Everything runs in float32 on the weight's device; one Gram matrix at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+
+class AdmmResult(NamedTuple):
+    weight: torch.Tensor  # float32 (out, in): zero where mask is True
+    mask: torch.Tensor  # bool (out, in), True = pruned
+    info: dict[str, Any]
+
+
+def cubic_schedule(step: int, total: int) -> float:
+    """Fraction of the final sparsity reached after ``step + 1`` of ``total`` selection steps."""
+    return 1.0 - (1.0 - (step + 1) / total) ** 3
+
+
+def admm_prune(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    select: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+    iterations: int = 20,
+    rho: float = 1.0,
+    damping: float = 0.1,
+    gradual_iterations: int = 15,
+) -> AdmmResult:
+    """ADMM update of ``weight`` (out, in) under ``mask`` (bool, True = pruned), given the Gram
+    matrix X^T X (in, in) of the layer's calibration inputs.
+
+    With ``select(w, fraction) -> mask`` the mask is re-chosen from the iterate (in the original
+    weight scale) at ``fraction`` of the final sparsity during the first ``gradual_iterations``
+    iterations, ending with ``fraction = 1``; ``mask`` is then only the starting point.
+    """
+    if iterations < 1:
+        raise ValueError(f"ADMM needs at least 1 iteration, got {iterations}")
+    if rho <= 0 or damping < 0:
+        raise ValueError(f"ADMM needs rho > 0 and damping >= 0, got rho={rho}, damping={damping}")
+    W0 = weight.detach().to(torch.float32)
+    rows, cols = W0.shape
+    if gram.shape != (cols, cols):
+        raise ValueError(f"the Gram matrix must be ({cols}, {cols}) for in_features={cols}, got {tuple(gram.shape)}")
+    if mask.shape != W0.shape or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(W0.shape)}")
+    G = gram.detach().to(W0.device, torch.float32)
+    norm = torch.diag(G).clamp_min(0).sqrt() + 1e-8
+    Gn = G / norm.unsqueeze(0) / norm.unsqueeze(1)
+    damp = damping * float(torch.diag(Gn).mean())
+    Gn.diagonal().add_(damp)
+    W = W0 * norm  # normalised weights, (out, in)
+    XY = W @ Gn  # Gn is symmetric
+    Gn.diagonal().add_(rho)
+    L, err = torch.linalg.cholesky_ex(Gn)
+    if int(err) != 0:
+        raise ValueError("ADMM: the damped Gram matrix is not positive definite")
+    Ainv = torch.cholesky_inverse(L)
+    del Gn, L
+
+    keep = ~mask.to(W.device)
+    U = torch.zeros_like(W)
+    selecting = select is not None and gradual_iterations > 0
+    for it in range(iterations):
+        if selecting and it < gradual_iterations:
+            fraction = cubic_schedule(it, min(gradual_iterations, iterations))
+            if it == min(gradual_iterations, iterations) - 1:
+                fraction = 1.0
+            keep = ~select((W + U) / norm, fraction)
+        Z = (W + U) * keep
+        U = U + (W - Z)
+        W = (XY + rho * (Z - U)) @ Ainv
+    Z = (W + U) * keep
+    out = Z / norm
+    out = out.masked_fill(~keep, 0.0)  # exact zeros (dividing a 0 by the norm keeps 0; a -0 is fine)
+    return AdmmResult(out, ~keep, {"iterations": iterations, "rho": rho, "damping": damping,
+                                   "gradual": bool(selecting)})
+

@@ -1,0 +1,84 @@
+"""Reconstruction space: what happens after the metric's mask, as searchable choices.
+
+``space.reconstruction`` (optional; default: no update, no refinement, no permutation)::
+
+    reconstruction:
+      update:  [none, sparsegpt, admm]   # weight update of the kept weights
+      refine:  [none, dsnot]             # DSnoT mask refinement before the update
+      permute: [none, heuristic]         # N:M only: RIA channel permutation (or lsa)
+
+Each list is a categorical parameter (``recon.update``, ...); a single choice is fixed. Named
+points: the first choice of each (the default, labelled by what is not "none", e.g. ``dsnot``),
+then the anchor metric with each other update and each other refinement.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import field_validator
+
+from .parts import Part, PartConfig
+
+UPDATES = ("none", "sparsegpt", "admm")
+REFINES = ("none", "dsnot")
+PERMUTES = ("none", "heuristic", "lsa")
+
+
+class ReconstructionConfig(PartConfig):
+    name: Literal["choice"] = "choice"
+    update: list[Literal["none", "sparsegpt", "admm"]] = ["none"]
+    refine: list[Literal["none", "dsnot"]] = ["none"]
+    permute: list[Literal["none", "heuristic", "lsa"]] = ["none"]
+
+    @field_validator("update", "refine", "permute")
+    @classmethod
+    def _nonempty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("give at least one choice")
+        return v
+
+
+class ReconstructionSpace(Part):
+    prefix = "recon."
+    name = "choice"
+
+    def __init__(self, config: ReconstructionConfig):
+        super().__init__()
+        self.config = config
+        self.add_choice("update", config.update)
+        self.add_choice("refine", config.refine)
+        self.add_choice("permute", config.permute)
+
+    @property
+    def trivial(self) -> bool:
+        """No choice besides 'none' anywhere: plans and canonical keys stay as without the section."""
+        return all(v == ["none"] for v in (self.config.update, self.config.refine, self.config.permute))
+
+    @property
+    def permutes(self) -> bool:
+        return any(p != "none" for p in self.config.permute)
+
+    def fields(self, params: dict) -> dict[str, str]:
+        """The plan fields of these parameters."""
+        return {k: self.value(params, k) for k in ("update", "refine", "permute")}
+
+    def named_points(self) -> dict[str, dict]:
+        first = {"update": self.config.update[0], "refine": self.config.refine[0], "permute": self.config.permute[0]}
+
+        def label(point: dict) -> str:
+            return "+".join(v for k in ("refine", "permute", "update") if (v := point[k]) != "none")
+
+        out = {label(first): self.representable(first)}
+        for key in ("update", "refine"):
+            for choice in dict.fromkeys(getattr(self.config, key)[1:]):
+                point = {**first, key: choice}
+                out[label(point)] = self.representable(point)
+        return out
+
+    def canonical(self, params: dict) -> Any:
+        f = self.fields(params)
+        return [f["update"], f["refine"], f["permute"]]
+
+
+RECONSTRUCTION_SPACES = {"choice": (ReconstructionConfig, ReconstructionSpace)}
