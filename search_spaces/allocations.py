@@ -35,7 +35,7 @@ from automl_prune.allocation.rules import (
 )
 from automl_prune.errors import UserError
 
-from .parts import Part, PartConfig, Range, rounded
+from .parts import ANY, Part, PartConfig, Range, rounded
 
 
 class AllocationConfig(PartConfig):
@@ -129,11 +129,19 @@ class OWLSpace(AllocationPart):
         return owl_sparsities(ratios, prof.block_params, target, float(self.value(params, "lambda")), bounds=self.bounds)
 
     def named_points(self) -> dict[str, dict]:
-        p = self.representable({"M": 5.0, "lambda": 0.08})
-        return {} if p is None else {"owl": p}
+        """OWL's own point (M 5, lambda 0.08), and uniform (lambda 0) when the lambda range holds it."""
+        out = {}
+        for label, point in (("owl", {"M": 5.0, "lambda": 0.08}), ("uniform", {"M": ANY, "lambda": 0.0})):
+            p = self.representable(point)
+            if p is not None:
+                out[label] = p
+        return out
 
     def canonical(self, params: dict) -> Any:
-        return self._key(rounded(self.value(params, "M")), rounded(self.value(params, "lambda")))
+        lam = rounded(self.value(params, "lambda"))
+        if lam == 0.0:  # no spread: every block at the target, whatever M
+            return "uniform"
+        return self._key(rounded(self.value(params, "M")), lam)
 
 
 class AlphaConfig(AllocationConfig):

@@ -156,3 +156,12 @@ def test_allocation_search_compares_with_owl_and_plots_layerwise(tmp_path, tiny_
     assert (out / "layerwise.png").exists()
     text = report.read_text()
     assert "best named method" in text.splitlines()[2]
+
+
+def test_report_names_the_searcher_settings_that_apply():
+    from automl_prune.search.report import searcher_text
+
+    tpe = {"name": "tpe", "seed": 0, "population": 20, "n_startup_trials": 10, "seed_named_points": True}
+    assert searcher_text(tpe) == "tpe (seed 0, n startup trials 10)"
+    assert searcher_text({**tpe, "name": "nsga3", "population": 24}) == "nsga3 (seed 0, population 24)"
+    assert "not seeded" in searcher_text({**tpe, "seed_named_points": False})

@@ -161,6 +161,18 @@ def headline(final: dict | None) -> list[str]:
     return [" ".join(out), ""] if len(out) == 1 else [*(f"- {line}" for line in out), ""]
 
 
+def searcher_text(searcher: dict | None) -> str:
+    """The searcher with the settings that apply to it (population for NSGA-III, startup trials for TPE)."""
+    if not searcher:
+        return "?"
+    name = searcher.get("name")
+    extra = {"tpe": ["n_startup_trials"], "nsga3": ["population"], "pymoo-nsga3": ["population"]}.get(name, [])
+    parts = [f"seed {searcher.get('seed')}"] + [f"{k.replace('_', ' ')} {searcher[k]}" for k in extra if k in searcher]
+    if not searcher.get("seed_named_points", True):
+        parts.append("named points not seeded")
+    return f"{name} ({', '.join(parts)})"
+
+
 def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None) -> Path:
     """report.md: settings, search summary, the comparison table, fidelity, plots."""
     trials = study.get_trials(deepcopy=False)
@@ -178,7 +190,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
               f"| held-out | {held.get('source')} {held.get('n_windows')} x {held.get('seqlen')} |",
               f"| mode | {meta.get('mode', 'one-shot')} (candidates scored from dense statistics) |",
               f"| objectives | {', '.join(names)} |",
-              f"| searcher | {meta.get('searcher')} |",
+              f"| searcher | {searcher_text(meta.get('searcher'))} |",
               f"| versions | {', '.join(f'{k} {v}' for k, v in (meta.get('versions') or {}).items())} |", ""]
     lines += ["## Search", "",
               f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.FAIL]} failed, "
