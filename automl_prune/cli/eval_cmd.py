@@ -1,4 +1,5 @@
-"""`automl-prune eval`: perplexity (and optionally KL to a dense model) of a model, as JSON."""
+"""`automl-prune eval`: perplexity (and optionally KL to a dense model and zero-shot accuracy) of a
+model, as JSON."""
 
 from __future__ import annotations
 
@@ -11,17 +12,29 @@ from . import common
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model's perplexity on held-out text; JSON out",
+    p = sub.add_parser("eval", help="evaluate a model's perplexity on held-out text (and zero-shot accuracy); JSON out",
                        description="Perplexity of a model (an exported folder, a hub id, a GGUF or an alias) with the "
-                                   "WikiText-2 protocol of the references: windows of --seqlen tokens, exp(mean NLL).")
+                                   "WikiText-2 protocol of the references: windows of --seqlen tokens, exp(mean NLL). "
+                                   "With --zero-shot, also zero-shot accuracy with lm-evaluation-harness's prompts and "
+                                   "metrics (then perplexity runs only when --data is given).")
     common.add_model_options(p)
     common.add_data_dir_option(p)
-    p.add_argument("--data", dest="eval", default="wikitext2", metavar="NAMES",
-                   help="comma-separated sources: wikitext2, c4 (held out), wiki-offline (held out), local files")
+    p.add_argument("--data", dest="eval", default=None, metavar="NAMES",
+                   help="comma-separated sources: wikitext2, c4 (held out), wiki-offline (held out), local files "
+                        "(default wikitext2; none with --zero-shot unless given)")
     p.add_argument("--seqlen", dest="eval_seqlen", type=int, default=None, metavar="L", help="window length (default 2048; 1024 with --quick)")
     p.add_argument("--windows", dest="eval_windows", type=int, default=None, metavar="N", help="first N windows only (default all; 16 with --quick)")
     p.add_argument("--quick", action="store_true", help="16 windows of 1024 tokens")
     p.add_argument("--kl-dense", metavar="M", help="also report KL(dense || this model), dense = model M of the same architecture")
+    z = p.add_argument_group("zero-shot accuracy (lm-evaluation-harness conventions)")
+    z.add_argument("--zero-shot", metavar="TASKS",
+                   help="comma-separated tasks: piqa, boolq, arc_easy, arc_challenge, winogrande, hellaswag, lambada_openai "
+                        "(alias lambada), or 'all'; read from --data-dir's zeroshot/ folder, else from the Hugging Face hub")
+    z.add_argument("--zero-shot-limit", type=int, default=None, metavar="N",
+                   help="first N documents of each task (lm-eval's --limit; default all)")
+    z.add_argument("--zero-shot-batch-size", type=int, default=8, metavar="B", help="requests per forward (default 8)")
+    z.add_argument("--backend", default="builtin", choices=["builtin", "lm-eval"],
+                   help="builtin scorer (default), or lm_eval.simple_evaluate on the in-memory model (needs lm_eval)")
     p.add_argument("--json", metavar="FILE", help="write the results here (default: print to stdout)")
     p.set_defaults(func=run)
 
@@ -36,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import environment
 
     common.resolve_quick(args)
-    sources = common.eval_sources(args.eval)
+    zero_shot = _zero_shot_options(args)  # checked before any model is loaded
+    sources = [] if zero_shot and args.eval is None else common.eval_sources(args.eval or "wikitext2")
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
     bos = common.use_bos(args, model)
@@ -55,13 +69,44 @@ def run(args: argparse.Namespace) -> int:
         if dense is not None:
             results[s]["kl"] = kl_to_dense(model, modules, dense, w.input_ids, device=device)
         print(f"{s}: ppl {results[s]['ppl']:.3f} over {results[s]['n_windows']} x {results[s]['seqlen']} tokens", file=sys.stderr)
+    zs = None
+    if zero_shot:
+        from ..evaluation.zeroshot import evaluate_zero_shot, format_table
+
+        zs = evaluate_zero_shot(model, tok, zero_shot["tasks"], limit=zero_shot["limit"], data_dir=args.data_dir,
+                                batch_size=zero_shot["batch_size"], device=device, backend=zero_shot["backend"],
+                                add_special_tokens=True if bos else (False if args.bos == "never" else None))
+        print(format_table(zs), file=sys.stderr)
     zeros = sum(int((m.weight == 0).sum()) for m in modules.values())
     total = sum(m.weight.numel() for m in modules.values())
     report = {"model": loaded.info, "sparsity_of_prunable_layers": round(zeros / total, 6), "results": results,
               "environment": environment(device)}
+    if zs is not None:
+        report["zero_shot"] = zs
     text = json.dumps(report, indent=2, default=str)
     if args.json:
         Path(args.json).write_text(text)
     else:
         print(text)
     return 0
+
+
+def _zero_shot_options(args: argparse.Namespace) -> dict | None:
+    """The checked --zero-shot options (None without --zero-shot); every mistake is a UserError."""
+    from ..errors import UserError
+
+    if args.zero_shot is None:
+        if args.zero_shot_limit is not None or args.backend != "builtin":
+            raise UserError("--zero-shot-limit and --backend apply to --zero-shot TASKS; add --zero-shot")
+        return None
+    from ..evaluation.zeroshot import parse_tasks
+    from ..evaluation.zeroshot.suite import check_backend, check_limit
+
+    tasks = parse_tasks(args.zero_shot)
+    if args.zero_shot_batch_size < 1:
+        raise UserError(f"--zero-shot-batch-size must be a positive integer, got {args.zero_shot_batch_size}")
+    try:
+        limit = check_limit(args.zero_shot_limit)
+    except UserError:
+        raise UserError(f"--zero-shot-limit must be a positive integer, got {args.zero_shot_limit}") from None
+    return dict(tasks=tasks, limit=limit, batch_size=args.zero_shot_batch_size, backend=check_backend(args.backend))

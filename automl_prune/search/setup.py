@@ -33,7 +33,7 @@ def build_context(config: StudyConfig, *, progress: bool = True) -> SearchContex
                              windows_info=calib.info, progress=progress)
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
     info = dict(model=loaded.info, calibration=calib.info, probe=probe.info, heldout=heldout.info, statistics=stats.info,
-                mode="one-shot")
+                mode="one-shot", data_dir=config.data_dir)  # data_dir: objectives that read task files (zero_shot)
     return SearchContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
                          device=device, tokenizer=tok, info=info)
 
