@@ -60,7 +60,11 @@ def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_
         assert (on_ray / name).exists(), name
     a, b = _trials(local), _trials(on_ray)
     assert len(b) == 8 and all(t.state == TrialState.COMPLETE for t in b)
-    assert [(t.params, t.values) for t in a] == [(t.params, t.values) for t in b]
+    # the same parameters in the same order; values equal up to float32 summation order (a
+    # Ray worker runs torch with its own thread count, so reductions may differ by ~1e-8 relative)
+    assert [t.params for t in a] == [t.params for t in b]
+    for ta, tb in zip(a, b):
+        assert tb.values == pytest.approx(ta.values, rel=1e-6)
     # what the reports read is recorded for Ray trials too, plus where each ran
     assert all("plan" in t.user_attrs and "ray_node_id" in t.user_attrs for t in b)
     assert [t.user_attrs.get("named_point") for t in a] == [t.user_attrs.get("named_point") for t in b]
