@@ -6,6 +6,11 @@ weights (one-shot, from the cached dense statistics) and compute the objective(s
 are drawn at random (fixed seed) from the space of a study config, without the canonical-key or
 mask reuse a real search adds on top.
 
+Side by side in the same run (``--reload-candidates K``): the first K of those candidates scored
+the way the OptiShear reference loop works, reloading the model and re-running the calibration
+(statistics with Gram matrices, no cache) and the objectives' preparation for every candidate.
+Peak resident memory (ru_maxrss) is read after each phase; it only grows within one process.
+
     python benchmarks/search_throughput.py --config configs/bawa-tpe-50.yaml --data-dir ../shared/data
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -48,7 +54,10 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="timed plain forward passes (median)")
+    ap.add_argument("--reload-candidates", type=int, default=2,
+                    help="candidates also scored with a model reload and a fresh calibration each (0: skip)")
     ap.add_argument("--stem", default=None)
+    ap.add_argument("--results-dir", default=str(RESULTS), help="where STEM.json and STEM.md go")
     args = ap.parse_args()
 
     config = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
@@ -60,9 +69,10 @@ def main() -> None:
     fwd = forward_seconds(ctx, ctx.calib_ids, repeats=args.repeats)
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
-    rows = []
+    rows, drawn = [], []
     for _ in range(args.candidates):
         params = suggest(space, study.ask())
+        drawn.append(params)
         t0 = time.perf_counter()
         plan = space.decode(params, profile)
         t1 = time.perf_counter()
@@ -75,16 +85,22 @@ def main() -> None:
         rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=(t1 - t0) + (t4 - t3)))
     ctx.restore()
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    peak_cached = peak_rss_mib()
+    reload = reload_per_candidate(config, drawn[: args.reload_candidates]) if args.reload_candidates else None
     result = dict(config=args.config, space=config.space, objectives=[o.model_dump() for o in config.objectives],
                   calibration=f"{c.source} {c.nsamples} x {c.seqlen} seed {c.seed}", candidates=args.candidates,
                   seed=args.seed, prepare_seconds=round(prepare_s, 2), forward_seconds=round(fwd, 3),
                   median_seconds={k: round(v, 3) for k, v in med.items()},
                   candidates_per_minute=round(60 / med["candidate"], 2),
                   candidate_vs_forward=round(med["candidate"] / fwd, 3),
-                  masks_vs_forward=round(med["masks"] / fwd, 3), environment=environment(ctx.device), context=ctx.info)
+                  masks_vs_forward=round(med["masks"] / fwd, 3), peak_rss_mib_cached=peak_cached,
+                  reload_per_candidate=reload, environment=environment(ctx.device), context=ctx.info)
+    if reload:
+        result["reload_vs_cached"] = round(reload["median_seconds"] / med["candidate"], 1)
     stem = args.stem or f"throughput_{Path(args.config).stem}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     md = (f"{args.config}: {args.candidates} random candidates of the space, objectives "
           f"{', '.join(o.name for o in config.objectives)}; calibration {result['calibration']}.\n\n"
           f"| quantity | value |\n|---|---:|\n"
@@ -93,9 +109,35 @@ def main() -> None:
           f"| of which masks (s) | {med['masks']:.2f} |\n"
           f"| candidate / forward | {med['candidate'] / fwd:.2f} |\n"
           f"| candidates per minute | {60 / med['candidate']:.1f} |\n"
-          f"| one-time preparation of the objectives (s) | {prepare_s:.1f} |\n")
-    (RESULTS / f"{stem}.md").write_text(md)
+          f"| one-time preparation of the objectives (s) | {prepare_s:.1f} |\n"
+          f"| peak resident memory, cached loop (MiB) | {peak_cached:.0f} |\n")
+    if reload:
+        md += (f"| reload-per-candidate loop: model load + calibration + objective preparation + candidate, "
+               f"median of {reload['candidates']} (s) | {reload['median_seconds']:.1f} |\n"
+               f"| reload-per-candidate / cached candidate | {result['reload_vs_cached']:.1f}x |\n"
+               f"| candidates per minute, reload per candidate | {60 / reload['median_seconds']:.2f} |\n"
+               f"| peak resident memory after the reload loop (MiB) | {reload['peak_rss_mib']:.0f} |\n")
+    (results / f"{stem}.md").write_text(md)
     print(md)
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def reload_per_candidate(config, params_list: list[dict]) -> dict:
+    """Score each parameter set as a reload-per-trial loop does: load the model, capture the
+    statistics afresh (no cache), prepare the objectives, then score the one candidate."""
+    times = []
+    for params in params_list:
+        start = time.perf_counter()
+        objectives = [make_objective(o.name, **o.params) for o in config.objectives]
+        ctx, profile, space = load_search(config, make_space(config.space), objectives, progress=False, use_cache=False)
+        score_candidate(ctx, space.decode(params, profile), objectives)
+        times.append(time.perf_counter() - start)
+        del ctx
+    return dict(candidates=len(times), seconds=[round(t, 2) for t in times], median_seconds=round(statistics.median(times), 2),
+                peak_rss_mib=peak_rss_mib())
 
 
 if __name__ == "__main__":

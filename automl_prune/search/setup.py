@@ -15,8 +15,9 @@ from .context import SearchContext
 log = logging.getLogger(__name__)
 
 
-def build_context(config: StudyConfig, *, progress: bool = True) -> SearchContext:
-    """The loaded context of a study: dense one-shot statistics with Gram matrices (cached on disk)."""
+def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool = True) -> SearchContext:
+    """The loaded context of a study: dense one-shot statistics with Gram matrices (cached on disk
+    unless ``use_cache`` is False)."""
     loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
     bos = needs_bos(model)
@@ -30,7 +31,7 @@ def build_context(config: StudyConfig, *, progress: bool = True) -> SearchContex
     h = config.heldout
     heldout = evaluation_windows(h.source, tok, seqlen=h.seqlen, max_windows=h.windows, data_dir=config.data_dir, bos=bos)
     stats = dense_statistics(model, calib.input_ids, with_gram=True, device=device, cache_dir=config.cache_dir,
-                             windows_info=calib.info, progress=progress)
+                             use_cache=use_cache, windows_info=calib.info, progress=progress)
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
     info = dict(model=loaded.info, calibration=calib.info, probe=probe.info, heldout=heldout.info, statistics=stats.info,
                 mode="one-shot", data_dir=config.data_dir)  # data_dir: objectives that read task files (zero_shot)
@@ -50,11 +51,11 @@ def build_profile(ctx, space, *, cache_dir=None):
                               alpha_cache_key=key)
 
 
-def load_search(config: StudyConfig, space, objectives: list, *, progress: bool = True):
+def load_search(config: StudyConfig, space, objectives: list, *, progress: bool = True, use_cache: bool = True):
     """Everything a study scores candidates with, loaded once: the context, the allocation profile,
     the space bound to the model, and the objectives prepared (dense references computed).
     Returns ``(ctx, profile, bound_space)``."""
-    ctx = build_context(config, progress=progress)
+    ctx = build_context(config, progress=progress, use_cache=use_cache)
     profile = build_profile(ctx, space, cache_dir=config.cache_dir)
     space = space.bind(profile)
     start = time.perf_counter()
