@@ -107,8 +107,9 @@ class ComposedSpace(SearchSpace):
             "pattern": self.pattern.canonical(params),
         }
         if not self.reconstruction.trivial:
-            key["reconstruction"] = recon = self.reconstruction.canonical(params)
-            if recon[2] != "none":  # the channel permutation reads the scores' column sums: no reduction holds
+            key["reconstruction"] = self.reconstruction.canonical(params)
+            if self.reconstruction.fields(params)["permute"] != "none":
+                # the channel permutation reads the scores' column sums: no reduction holds
                 key["metric"] = ["raw", self.metric.decode(params)[0].model_dump(mode="json")]
         return json.dumps(key, sort_keys=True, separators=(",", ":"))
 

@@ -18,18 +18,19 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
+from automl_prune.pruning.plan import Permute, Refine, Update
+
 from .parts import Part, PartConfig
 
-UPDATES = ("none", "sparsegpt", "admm")
-REFINES = ("none", "dsnot")
-PERMUTES = ("none", "heuristic", "lsa")
+#: the plan fields this part decides
+FIELDS = ("update", "refine", "permute")
 
 
 class ReconstructionConfig(PartConfig):
     name: Literal["choice"] = "choice"
-    update: list[Literal["none", "sparsegpt", "admm"]] = ["none"]
-    refine: list[Literal["none", "dsnot"]] = ["none"]
-    permute: list[Literal["none", "heuristic", "lsa"]] = ["none"]
+    update: list[Update] = ["none"]
+    refine: list[Refine] = ["none"]
+    permute: list[Permute] = ["none"]
 
     @field_validator("update", "refine", "permute")
     @classmethod
@@ -46,14 +47,13 @@ class ReconstructionSpace(Part):
     def __init__(self, config: ReconstructionConfig):
         super().__init__()
         self.config = config
-        self.add_choice("update", config.update)
-        self.add_choice("refine", config.refine)
-        self.add_choice("permute", config.permute)
+        for key in FIELDS:
+            self.add_choice(key, getattr(config, key))
 
     @property
     def trivial(self) -> bool:
         """No choice besides 'none' anywhere: plans and canonical keys stay as without the section."""
-        return all(v == ["none"] for v in (self.config.update, self.config.refine, self.config.permute))
+        return all(getattr(self.config, key) == ["none"] for key in FIELDS)
 
     @property
     def permutes(self) -> bool:
@@ -61,10 +61,10 @@ class ReconstructionSpace(Part):
 
     def fields(self, params: dict) -> dict[str, str]:
         """The plan fields of these parameters."""
-        return {k: self.value(params, k) for k in ("update", "refine", "permute")}
+        return {key: self.value(params, key) for key in FIELDS}
 
     def named_points(self) -> dict[str, dict]:
-        first = {"update": self.config.update[0], "refine": self.config.refine[0], "permute": self.config.permute[0]}
+        first = {key: getattr(self.config, key)[0] for key in FIELDS}
 
         def label(point: dict) -> str:
             return "+".join(v for k in ("refine", "permute", "update") if (v := point[k]) != "none")
@@ -77,8 +77,7 @@ class ReconstructionSpace(Part):
         return out
 
     def canonical(self, params: dict) -> Any:
-        f = self.fields(params)
-        return [f["update"], f["refine"], f["permute"]]
+        return [self.value(params, key) for key in FIELDS]
 
 
 RECONSTRUCTION_SPACES = {"choice": (ReconstructionConfig, ReconstructionSpace)}

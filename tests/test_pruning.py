@@ -16,7 +16,7 @@ from automl_prune.models.loading import load_model
 from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.methods import METHODS, plan_for_method
 from automl_prune.pruning.plan import PruningPlan
-from tiny_models import FAMILIES, tiny_model
+from tiny_models import FAMILIES, model_layer_error, tiny_model
 
 
 def _ids(model, n=4, seqlen=32, seed=0):
@@ -110,20 +110,6 @@ def test_sequential_mode_changes_the_masks_of_later_blocks():
     assert any(not torch.equal(masks["one-shot"][k], masks["sequential"][k]) for k in masks["one-shot"] if k.startswith("1."))
 
 
-def _layer_error(dense_model, pruned_model, ids):
-    """Sum over layers of ||X W_dense^T - X W_pruned^T||^2 with X the dense inputs."""
-    from automl_prune.calibration.dense import dense_statistics
-
-    stats = dense_statistics(dense_model, ids, with_gram=True, use_cache=False, progress=False).stats
-    total = 0.0
-    dense, pruned = _linears(dense_model), _linears(pruned_model)
-    for name, lin in dense.items():
-        i, layer = name.split(".", 1)
-        d = (lin.weight - pruned[name].weight).detach().double()
-        total += float(torch.einsum("ij,jk,ik->", d, stats[int(i)][layer].gram.double(), d))
-    return total
-
-
 def test_sparsegpt_update_lowers_the_layer_error_of_the_same_metric():
     base = tiny_model("llama")
     ids = _ids(base, n=8)
@@ -131,10 +117,10 @@ def test_sparsegpt_update_lowers_the_layer_error_of_the_same_metric():
     for update in ("none", "sparsegpt"):
         model = tiny_model("llama")
         prune_model(model, plan_for_method("wanda", sparsity=0.5, update=update), ids, progress=False, use_cache=False)
-        errors[update] = _layer_error(base, model, ids)
+        errors[update] = model_layer_error(base, model, ids)
     model = tiny_model("llama")
     prune_model(model, plan_for_method("sparsegpt", sparsity=0.5), ids, progress=False, use_cache=False)
-    errors["sparsegpt-method"] = _layer_error(base, model, ids)
+    errors["sparsegpt-method"] = model_layer_error(base, model, ids)
     assert errors["sparsegpt"] < errors["none"]
     assert errors["sparsegpt-method"] < errors["none"]
 

@@ -24,7 +24,7 @@ from automl_prune.pruning.permutation import check_permuted_nm, nm_permutation, 
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.pruning.sparsegpt import sparsegpt_prune
 from automl_prune.errors import UserError
-from tiny_models import tiny_model
+from tiny_models import model_layer_error, tiny_model
 
 OUT, IN = 48, 192
 
@@ -202,18 +202,6 @@ def _ids(model, n=8, seqlen=32):
     return torch.randint(0, model.config.vocab_size, (n, seqlen), generator=torch.Generator().manual_seed(0))
 
 
-def _model_error(dense, pruned, ids):
-    from automl_prune.calibration.dense import dense_statistics
-
-    stats = dense_statistics(dense, ids, with_gram=True, use_cache=False, progress=False).stats
-    total = 0.0
-    for i, (bd, bp) in enumerate(zip(decoder_blocks(dense), decoder_blocks(pruned))):
-        lp = prunable_linears(bp)
-        for name, lin in prunable_linears(bd).items():
-            total += reconstruction_error(lp[name].weight, lin.weight, stats[i][name].gram)
-    return total
-
-
 def test_dsnot_skips_the_layers_named_in_skip():
     base = tiny_model("llama")
     ids = _ids(base)
@@ -237,7 +225,7 @@ def test_whole_model_admm_and_dsnot_on_a_tiny_llama():
                       "wanda+dsnot": {"refine": "dsnot"}}.items():
         model = tiny_model("llama")
         res = prune_model(model, plan_for_method("wanda", sparsity=0.5, **kw), ids, progress=False, use_cache=False)
-        errors[label], sparsity[label] = _model_error(base, model, ids), res.realised_sparsity
+        errors[label], sparsity[label] = model_layer_error(base, model, ids), res.realised_sparsity
     assert errors["wanda+admm"] < errors["wanda"] and errors["wanda+sparsegpt"] < errors["wanda"]
     assert all(v == pytest.approx(sparsity["wanda"], abs=1e-9) for v in sparsity.values())
 

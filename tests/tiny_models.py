@@ -148,3 +148,18 @@ def calibrated_tiny_llama(layers: int = 4, *, seed: int = 0, n: int = 8, seqlen:
         stats = dense_statistics(model, ids, use_cache=False, progress=False).stats
         _CALIBRATED[key] = (model, stats, source)
     return _CALIBRATED[key]
+
+
+def model_layer_error(dense: PreTrainedModel, pruned: PreTrainedModel, ids: torch.Tensor) -> float:
+    """Sum over prunable layers of ||X W_dense^T - X W_pruned^T||^2, X the dense model's inputs."""
+    from automl_prune.calibration.dense import dense_statistics
+    from automl_prune.models.adapters import decoder_blocks, prunable_linears
+    from automl_prune.pruning.layer_error import reconstruction_error
+
+    stats = dense_statistics(dense, ids, with_gram=True, use_cache=False, progress=False).stats
+    total = 0.0
+    for i, (bd, bp) in enumerate(zip(decoder_blocks(dense), decoder_blocks(pruned))):
+        pruned_linears = prunable_linears(bp)
+        for name, lin in prunable_linears(bd).items():
+            total += reconstruction_error(pruned_linears[name].weight, lin.weight, stats[i][name].gram)
+    return total

@@ -6,11 +6,12 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import get_args
 
 from ..errors import UserError
 from ..export import PERMUTATIONS_FILE
 from ..pruning.methods import METHODS, plan_for_method
-from ..pruning.plan import PruningPlan
+from ..pruning.plan import Permute, PruningPlan, Refine, Update
 from . import common
 
 
@@ -27,9 +28,9 @@ def register(sub) -> None:
     what.add_argument("--pattern", metavar="N:M", help="N:M pattern, N of every M weights kept (e.g. 2:4)")
     what.add_argument("--mode", choices=["one-shot", "sequential"], help="statistics of the dense model, or of the "
                       "already pruned earlier blocks (default one-shot)")
-    what.add_argument("--update", choices=["none", "sparsegpt", "admm"], help="weight update after masking (default none)")
-    what.add_argument("--refine", choices=["none", "dsnot"], help="mask refinement before the update (default none)")
-    what.add_argument("--permute", choices=["none", "heuristic", "lsa"], help="N:M only: choose the mask in a permuted "
+    what.add_argument("--update", choices=get_args(Update), help="weight update after masking (default none)")
+    what.add_argument("--refine", choices=get_args(Refine), help="mask refinement before the update (default none)")
+    what.add_argument("--permute", choices=get_args(Permute), help="N:M only: choose the mask in a permuted "
                       "input-channel order (RIA); lsa adds linear-sum-assignment refinement (slower)")
     common.add_calibration_options(p)
     common.add_data_dir_option(p)

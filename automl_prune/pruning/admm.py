@@ -89,18 +89,14 @@ def admm_prune(
     keep = ~mask.to(W.device)
     U = torch.zeros_like(W)
     selecting = select is not None and gradual_iterations > 0
+    steps = min(gradual_iterations, iterations)  # the last selection step reaches the full sparsity
     for it in range(iterations):
-        if selecting and it < gradual_iterations:
-            fraction = cubic_schedule(it, min(gradual_iterations, iterations))
-            if it == min(gradual_iterations, iterations) - 1:
-                fraction = 1.0
-            keep = ~select((W + U) / norm, fraction)
+        if selecting and it < steps:
+            keep = ~select((W + U) / norm, cubic_schedule(it, steps))
         Z = (W + U) * keep
         U = U + (W - Z)
         W = (XY + rho * (Z - U)) @ Ainv
-    Z = (W + U) * keep
-    out = Z / norm
-    out = out.masked_fill(~keep, 0.0)  # exact zeros (dividing a 0 by the norm keeps 0; a -0 is fine)
+    out = (W + U) * keep / norm  # exact zeros where pruned
     return AdmmResult(out, ~keep, {"iterations": iterations, "rho": rho, "damping": damping,
                                    "gradual": bool(selecting)})
 

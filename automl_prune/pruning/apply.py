@@ -40,10 +40,6 @@ def needs_statistics(plan: PruningPlan) -> bool:
             or (plan.metric is not None and plan.metric.name != "magnitude"))
 
 
-def needs_gram(plan: PruningPlan) -> bool:
-    return plan.update in ("sparsegpt", "admm")
-
-
 @torch.no_grad()
 def prune_model(
     model: nn.Module,
@@ -69,7 +65,7 @@ def prune_model(
     result = PruneResult(plan)
     start = time.perf_counter()
     need_stats = needs_statistics(plan)
-    with_gram = needs_gram(plan)
+    with_gram = plan.needs_gram
     if need_stats and stats is None and input_ids is None:
         raise ValueError("this plan needs calibration windows (input_ids) or precomputed statistics")
 

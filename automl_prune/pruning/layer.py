@@ -62,8 +62,7 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
     (``mlp.down_proj``), for the refinement's ``skip`` list."""
     w = weight.detach().float()
     info: dict = {}
-    needs_gram = plan.update in ("sparsegpt", "admm")
-    if needs_gram and (stats is None or stats.gram is None):
+    if plan.needs_gram and (stats is None or stats.gram is None):
         raise PruningError(f"the {plan.update} update needs calibration statistics with a Gram matrix")
     if plan.metric is None:  # SparseGPT chooses its own mask
         nm = plan.nm
@@ -88,11 +87,8 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
         r = dsnot_refine(w[:, cols], mask[:, cols], stats.mean[cols], stats.var[cols], s[:, cols], nm=plan.nm,
                          max_cycles=opts.max_cycles, threshold=opts.threshold, var_power=opts.var_power,
                          same_sign=opts.same_sign)
-        if perm is None:
-            mask = r.mask
-        else:
-            mask = torch.empty_like(mask)
-            mask[:, perm] = r.mask
+        mask = mask.clone()
+        mask[:, cols] = r.mask  # back to the original channel order
         info.update(dsnot_swaps=r.swaps)
 
     if plan.update == "sparsegpt":

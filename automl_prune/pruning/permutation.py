@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .masks import nm_mask
+from .masks import check_nm, nm_mask
 
 
 class Permutation(NamedTuple):
@@ -111,6 +111,4 @@ def permuted_nm_mask(score: torch.Tensor, perm: torch.Tensor, n: int, m: int) ->
 
 def check_permuted_nm(x: torch.Tensor, perm: torch.Tensor, n: int, m: int) -> bool:
     """True if ``x`` (weight or bool mask, True = pruned) is N:M once its columns are permuted."""
-    from .masks import check_nm
-
     return check_nm(x[:, perm.to(x.device)], n, m)

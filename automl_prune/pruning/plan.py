@@ -18,6 +18,10 @@ from ..metrics.spec import metric_from_dict
 from .masks import parse_pattern
 
 Group = Literal["row", "matrix", "column_block"]
+#: what may follow the mask (plan fields; the search's reconstruction section offers the same)
+Update = Literal["none", "sparsegpt", "admm"]
+Refine = Literal["none", "dsnot"]
+Permute = Literal["none", "heuristic", "lsa"]
 
 
 class AdmmOptions(BaseModel):
@@ -69,9 +73,9 @@ class PruningPlan(BaseModel):
     pattern: str = "unstructured"
     group: Group | None = None
     mode: Literal["one-shot", "sequential"] = "one-shot"
-    update: Literal["none", "sparsegpt", "admm"] = "none"
-    refine: Literal["none", "dsnot"] = "none"
-    permute: Literal["none", "heuristic", "lsa"] = "none"
+    update: Update = "none"
+    refine: Refine = "none"
+    permute: Permute = "none"
     admm: AdmmOptions = AdmmOptions()
     dsnot: DsnotOptions = DsnotOptions()
 
@@ -119,6 +123,11 @@ class PruningPlan(BaseModel):
         return self
 
     # ----- queries ---------------------------------------------------------------------------
+    @property
+    def needs_gram(self) -> bool:
+        """Whether the weight update reads the Gram matrix X^T X of each layer's inputs."""
+        return self.update in ("sparsegpt", "admm")
+
     @property
     def nm(self) -> tuple[int, int] | None:
         return None if self.pattern == "unstructured" else parse_pattern(self.pattern)
