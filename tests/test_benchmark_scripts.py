@@ -40,3 +40,51 @@ def test_search_throughput_with_reload_loop_smoke(tiny_llama_dir, data_dir, tmp_
     assert result["reload_vs_cached"] > 1  # reloading and recalibrating costs more than a cached candidate
     assert result["peak_rss_mib_cached"] > 0
     assert "reload-per-candidate" in (tmp_path / "results" / "smoke.md").read_text()
+
+
+def test_quality_table_smoke(tiny_llama_dir, data_dir, tmp_path):
+    out = tmp_path / "quality"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality_table.py"), "--model", str(tiny_llama_dir),
+           "--nsamples", "4", "--seqlen", "64", "--eval-seqlen", "64", "--eval-windows", "2", "--targets", "0.5,2:4",
+           "--methods", "magnitude,wanda,owl,sparsegpt,searched", "--zero-shot-limit", "2",
+           "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    cells = {(r["method"], r["target"], r["variant"]): r for r in report["rows"]}
+    # the cells that apply, and only those
+    assert ("owl", "0.5", "sequential") in cells and ("owl", "2:4", "one-shot") not in cells
+    assert ("magnitude", "0.5", "sequential") not in cells and ("sparsegpt", "0.5", "one-shot + SparseGPT update") not in cells
+    assert ("searched", "2:4", "one-shot + SparseGPT update") in cells
+    assert cells[("wanda", "0.5", "one-shot + SparseGPT update")]["plan"]["update"] == "sparsegpt"
+    assert cells[("wanda", "0.5", "sequential")]["plan"]["mode"] == "sequential"
+    # zero-shot on the one-shot cells: seven tasks, accuracies in [0, 1]
+    zs = cells[("wanda", "0.5", "one-shot")]["zero_shot"]
+    assert len(zs["tasks"]) == 7 and 0 <= zs["acc"] <= 1 and "zero_shot" not in cells[("wanda", "0.5", "sequential")]
+    assert all(abs(r["realised_sparsity"] - 0.5) < 0.02 for r in report["rows"])
+    # --resume computes nothing more when every cell is there
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(json.loads(out.with_suffix(".json").read_text())["rows"]) == len(report["rows"])
+    md = out.with_suffix(".md").read_text()
+    assert "**2:4 (N:M)**" in md and "wanda + OWL" in md
+
+
+def test_scaling_smoke(tiny_llama_dir, data_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from study_configs import tiny_study_config
+
+    config = tiny_study_config(tmp_path, tiny_llama_dir, data_dir)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--config", str(config),
+           "--models", f"tiny-64x2,tiny-128x3,{tiny_llama_dir}", "--tokenizer", str(tiny_llama_dir),
+           "--candidates", "2", "--stem", "smoke", "--results-dir", str(tmp_path / "results")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["tiny-128x3"]["prunable_params"] > rows["tiny-64x2"]["prunable_params"] > 0
+    # a 64-wide, 2-block Llama: 4 attention projections of 64 x 64 and 3 MLP matrices of 64 x 168 per block
+    assert rows["tiny-64x2"]["prunable_params"] == 2 * (4 * 64 * 64 + 3 * 64 * 168)
+    assert all(r["candidate_seconds"] > 0 and r["capture_seconds"] > 0 for r in result["rows"])
+    assert result["slope"] is not None
+    assert "candidates / min" in (tmp_path / "results" / "smoke.md").read_text()
