@@ -1,112 +1,242 @@
-"""Held-out perplexity of every named method, unstructured and N:M, one-shot and sequential.
+"""Quality of every named method: held-out perplexity and the zero-shot average, unstructured and
+N:M, one-shot and sequential, with and without the SparseGPT weight update, plus the searched plans.
 
-The model is loaded once; its dense weights are restored before each method. Results are written
-after every row (JSON and a markdown table under benchmarks/results/), so a long run that is
-interrupted keeps what it finished. ``--resume`` keeps the rows already in the output JSON (after
-checking that it was written with the same model, calibration windows and evaluation windows) and
-computes only the missing ones.
+Cells (each a row of the JSON, written as soon as it is finished):
 
-    python benchmarks/quality_table.py --model smollm2-135m --calib c4 --nsamples 32 --seqlen 512 \
-        --eval wikitext2 --eval-seqlen 1024 --eval-windows 16
+* ``one-shot``: dense statistics computed once (with the Gram matrix) and shared by every cell;
+  held-out perplexity and, unless ``--zero-shot-limit 0``, the zero-shot average over the seven
+  tasks on their first N documents each (the same documents for every cell);
+* ``one-shot + SparseGPT update``: the method's mask, weights updated by SparseGPT's solver;
+* ``sequential``: each block's statistics recomputed on the outputs of the already pruned blocks.
+
+Methods: the named methods of ``automl-prune prune --method``, ``owl`` (Wanda with OWL's allocation,
+M = 5, lambda = 0.08, unstructured only) and ``searched`` (the plans in plans/searched.yaml, where
+the target has one). Cells that do not apply are skipped: magnitude uses no activations (sequential
+gives its one-shot masks), SparseGPT and ADMM bring their own update.
+
+The model is loaded once and its dense weights restored before each cell. ``--resume`` keeps the
+cells already in OUT.json (written with the same model and windows) and fills in only what is
+missing, e.g. the zero-shot figures of a cell that has its perplexity.
+
+    python benchmarks/quality_table.py --data-dir ../shared/data
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
+import yaml
 from setup_args import add_model_and_data
 
+from automl_prune.allocation.profile import ModelProfile
+from automl_prune.calibration.dense import dense_statistics
 from automl_prune.data import calibration_windows, evaluation_windows
 from automl_prune.evaluation.perplexity import perplexity
+from automl_prune.evaluation.zeroshot.suite import ZeroShotSuite
 from automl_prune.models.loading import load_model
 from automl_prune.provenance import environment
 from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.methods import plan_for_method
+from automl_prune.pruning.plan import PruningPlan
+from search_spaces import make_space
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+VARIANTS = ("one-shot", "one-shot + SparseGPT update", "sequential")
+OWN_UPDATE = {"sparsegpt", "admm"}
+
+
+def applies(method: str, target: str, variant: str, searched: dict) -> bool:
+    nm = ":" in target
+    if method == "owl" and nm:
+        return False
+    if method == "searched" and target not in searched:
+        return False
+    if variant == "one-shot + SparseGPT update":
+        return method not in OWN_UPDATE and method != "dsnot"
+    if variant == "sequential":
+        return method not in {"magnitude", "admm", "searched"}
+    return True
+
+
+def plan_of(method: str, target: str, variant: str, searched: dict, profile: ModelProfile) -> PruningPlan:
+    nm = ":" in target
+    mode = "sequential" if variant == "sequential" else "one-shot"
+    if method in ("owl", "searched"):
+        if method == "owl":
+            space = make_space({"metric": {"name": "bawa"}, "allocation": {"name": "owl"},
+                                "pattern": {"name": "unstructured", "sparsity": float(target)}})
+            plan = space.decode(space.named_points()["wanda+owl"], profile)
+        else:
+            space = make_space(searched[target]["space"])
+            plan = space.bind(profile).decode({}, profile)
+        fields = {**plan.to_dict(), "mode": mode}
+    else:
+        fields = plan_for_method(method, sparsity=None if nm else float(target), pattern=target if nm else "unstructured",
+                                 mode=mode).to_dict()
+    if variant == "one-shot + SparseGPT update":
+        fields["update"] = "sparsegpt"
+    return PruningPlan.from_dict(fields)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except OSError:
+        return None
+
+
+def _fingerprint(report: dict) -> dict:
+    m, c, e = report.get("model") or {}, report.get("calibration") or {}, report.get("evaluation") or {}
+    return dict(model=m.get("gguf_sha256") or m.get("path") or m.get("spec"), calibration=c.get("windows_sha256"),
+                evaluation=e.get("windows_sha256"))
+
+
+def load_previous(path: Path, fresh: dict) -> dict | None:
+    """The report already at ``path`` if it was written for the same model and windows; None if there is none."""
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    if _fingerprint(report) != _fingerprint(fresh):
+        raise SystemExit(f"--resume: {path} was written with different settings ({_fingerprint(report)} != "
+                         f"{_fingerprint(fresh)}); use another --out or drop --resume")
+    for r in report["rows"]:  # cells of the first version of this script: no variant field
+        r.setdefault("variant", r.get("mode", "one-shot"))
+    return report
+
+
+def zero_shot_summary(result: dict) -> dict:
+    return dict(acc=result["average"]["acc"], acc_norm=result["average"]["acc_norm"],
+                tasks={k: v["acc"] for k, v in result["tasks"].items()},
+                seconds=round(sum(v["seconds"] for v in result["tasks"].values()), 1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_and_data(ap)
-    ap.add_argument("--methods", default="magnitude,wanda,ria,stade,bawa,sparsegpt")
-    ap.add_argument("--targets", default="0.5,2:4", help="comma-separated sparsities and N:M patterns")
-    ap.add_argument("--modes", default="one-shot,sequential")
+    ap.add_argument("--methods", default="magnitude,wanda,ria,stade,bawa,owl,sparsegpt,admm,dsnot,searched")
+    ap.add_argument("--targets", default="0.5,0.6,0.7,2:4,4:8", help="comma-separated sparsities and N:M patterns")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    ap.add_argument("--zero-shot-limit", type=int, default=20, help="documents per task (first N); 0: no zero-shot")
+    ap.add_argument("--zero-shot-variants", default="one-shot", help="variants that also get the zero-shot average")
+    ap.add_argument("--searched", default=str(HERE / "plans" / "searched.yaml"))
     ap.add_argument("--out", default=str(RESULTS / "quality_smollm2"))
-    ap.add_argument("--resume", action="store_true",
-                    help="keep the rows already recorded in OUT.json (same model and windows) and compute only the missing ones")
+    ap.add_argument("--resume", action="store_true", help="keep the cells already in OUT.json and fill in what is missing")
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
 
+    searched = yaml.safe_load(Path(args.searched).read_text())
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     model, tok = loaded.model, loaded.tokenizer
     calib = calibration_windows(args.calib, tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, data_dir=args.data_dir)
     evalw = evaluation_windows(args.eval, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=args.data_dir)
+    t = time.perf_counter()
+    computed = dense_statistics(model, calib.input_ids, with_gram=True, cache_dir=args.cache_dir, windows_info=calib.info)
+    capture_s = time.perf_counter() - t
+    profile = ModelProfile.build(model, computed.stats, with_alphas=False)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    previous = load_previous(Path(args.out + ".json"), loaded.info, calib.info, evalw.info) if args.resume else None
-    if previous is not None:
-        report = previous
-        print(f"resuming {args.out}.json: {len(report['rows'])} rows already recorded", flush=True)
-    else:
-        dense = perplexity(model, evalw.input_ids, desc="dense")
-        report = dict(model=loaded.info, calibration=calib.info, evaluation=evalw.info, dense=dense, rows=[], environment=environment("cpu"))
-    done = {(r["method"], r["target"], r["mode"]) for r in report["rows"]}
+    suite = ZeroShotSuite("all", tok, limit=args.zero_shot_limit, data_dir=args.data_dir) if args.zero_shot_limit else None
+
+    out = Path(args.out)
+    fresh = dict(model=loaded.info, calibration=calib.info, evaluation=evalw.info, rows=[],
+                 statistics=dict(computed.info, seconds=round(capture_s, 1)), environment=environment("cpu"))
+    report = (load_previous(out.with_suffix(".json"), fresh) if args.resume else None) or fresh
+    report["zero_shot_limit"] = args.zero_shot_limit
+    if "dense" not in report:
+        report["dense"] = perplexity(model, evalw.input_ids, desc="dense")
+    if suite is not None and "zero_shot" not in report["dense"]:
+        report["dense"]["zero_shot"] = zero_shot_summary(suite.evaluate(model, batch_size=16, progress=False))
+    cells = {(r["method"], r["target"], r["variant"]): r for r in report["rows"]}
 
     def write() -> None:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
-        Path(args.out + ".md").write_text(markdown(report, args))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+        out.with_suffix(".md").write_text(markdown(report, searched, args))
 
-    for target in args.targets.split(","):
-        nm = ":" in target
-        for mode in args.modes.split(","):
+    write()
+    commit = git_commit()
+    for variant in variants:  # one-shot cells of every target first: the most informative part of a long run
+        for target in args.targets.split(","):
             for method in args.methods.split(","):
-                if method == "magnitude" and mode == "sequential":
-                    continue  # magnitude uses no activations: sequential is the same masks
-                if (method, target, mode) in done:
+                if not applies(method, target, variant, searched):
                     continue
-                plan = plan_for_method(method, sparsity=None if nm else float(target), pattern=target if nm else "unstructured", mode=mode)
+                cell = cells.get((method, target, variant))
+                want_zs = suite is not None and variant in args.zero_shot_variants.split(",")
+                if cell is not None and (not want_zs or "zero_shot" in cell):
+                    continue
+                plan = plan_of(method, target, variant, searched, profile)
                 model.load_state_dict(dense_state)
                 t = time.perf_counter()
-                result = prune_model(model, plan, calib.input_ids, cache_dir=args.cache_dir, windows_info=calib.info)
+                if variant == "sequential":
+                    result = prune_model(model, plan, calib.input_ids, progress=False)
+                else:
+                    result = prune_model(model, plan, stats=computed.stats, progress=False)
                 seconds = time.perf_counter() - t
-                ppl = perplexity(model, evalw.input_ids, desc=f"{method} {target} {mode}")
-                report["rows"].append(dict(method=method, target=target, mode=mode, ppl=ppl["ppl"], prune_seconds=round(seconds, 2),
-                                           realised_sparsity=round(result.realised_sparsity, 6),
-                                           stats_cache=(result.info.get("calibration") or {}).get("cache")))
-                print(f"{method:10s} {target:5s} {mode:10s} ppl {ppl['ppl']:10.3f}  prune {seconds:6.1f} s", flush=True)
+                if cell is None:
+                    ppl = perplexity(model, evalw.input_ids, desc=f"{method} {target} {variant}")["ppl"]
+                    cell = dict(method=method, target=target, variant=variant, mode=plan.mode, ppl=ppl,
+                                prune_seconds=round(seconds, 2), realised_sparsity=round(result.realised_sparsity, 6),
+                                plan=plan.to_dict(), commit=commit)
+                    report["rows"].append(cell)
+                    cells[(method, target, variant)] = cell
+                if want_zs:
+                    cell["zero_shot"] = zero_shot_summary(suite.evaluate(model, batch_size=16, progress=False))
+                zs = cell.get("zero_shot", {}).get("acc")
+                print(f"{method:10s} {target:5s} {variant:28s} ppl {cell['ppl']:10.3f}  zero-shot "
+                      f"{'-' if zs is None else f'{zs:.4f}'}  prune {seconds:6.1f} s", flush=True)
                 write()
     write()
 
 
-def _fingerprint(model_info: dict, calib_info: dict, eval_info: dict) -> dict:
-    return dict(model=model_info.get("gguf_sha256") or model_info.get("path") or model_info.get("spec"),
-                calibration=calib_info.get("windows_sha256"), evaluation=eval_info.get("windows_sha256"))
+def _fmt_ppl(cell: dict | None) -> str:
+    return "" if cell is None else f"{cell['ppl']:.2f}"
 
 
-def load_previous(path: Path, model_info: dict, calib_info: dict, eval_info: dict) -> dict | None:
-    """The report already at ``path`` if it was written for the same model and windows; None if there is none."""
-    if not path.exists():
-        return None
-    report = json.loads(path.read_text())
-    old = _fingerprint(report.get("model") or {}, report.get("calibration") or {}, report.get("evaluation") or {})
-    new = _fingerprint(model_info, calib_info, eval_info)
-    if old != new:
-        raise SystemExit(f"--resume: {path} was written with different settings ({old} != {new}); "
-                         "use another --out or drop --resume")
-    return report
+def _fmt_zs(cell: dict | None, key: str) -> str:
+    return "" if cell is None or "zero_shot" not in cell else f"{cell['zero_shot'][key]:.3f}"
 
 
-def markdown(report: dict, args) -> str:
-    lines = [f"SmolLM2-135M ({args.model}), calibration {args.calib} {args.nsamples} x {args.seqlen} seed {args.seed}; "
-             f"held-out {args.eval} perplexity at seqlen {args.eval_seqlen}, first {args.eval_windows} windows. "
-             f"Dense: {report['dense']['ppl']:.3f}.", "",
-             "| method | target | mode | perplexity | realised sparsity | prune wall time (s) |", "|---|---|---|---:|---:|---:|"]
-    for r in report["rows"]:
-        note = " (stats cached)" if r.get("stats_cache") == "hit" else ""
-        lines.append(f"| {r['method']} | {r['target']} | {r['mode']} | {r['ppl']:.3f} | {r['realised_sparsity']:.4f} | {r['prune_seconds']}{note} |")
+def markdown(report: dict, searched: dict, args) -> str:
+    cal, ev, dense = report["calibration"], report["evaluation"], report["dense"]
+    limit = report.get("zero_shot_limit")
+    zs_dense = dense.get("zero_shot")
+    lines = [f"{report['model'].get('spec', 'model')}: calibration {cal.get('source')} {cal.get('nsamples')} x "
+             f"{cal.get('seqlen')} seed {cal.get('seed')}; held-out {ev.get('source')} perplexity at seqlen "
+             f"{ev.get('seqlen')}, first {ev.get('n_windows')} windows. Zero-shot: average accuracy (acc, and "
+             f"acc_norm where a task has it) over PIQA, BoolQ, ARC-Easy, ARC-Challenge, WinoGrande, HellaSwag and "
+             f"LAMBADA, first {limit} documents of each task (built-in scorer, lm-eval conventions; standard error of "
+             f"the average about 0.04 at this size), for the one-shot cells. Dense: ppl {dense['ppl']:.2f}"
+             + (f", zero-shot acc {zs_dense['acc']:.3f} / acc_norm {zs_dense['acc_norm']:.3f}." if zs_dense else "."), ""]
+    by = {(r["method"], r["target"], r["variant"]): r for r in report["rows"]}
+    targets = list(dict.fromkeys(r["target"] for r in report["rows"]))
+    methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
+    for target in targets:
+        kind = "N:M" if ":" in target else "unstructured"
+        lines += [f"**{target} ({kind})**", "",
+                  "| method | ppl one-shot | zero-shot acc | zero-shot acc_norm | ppl + SparseGPT update | ppl sequential | sparsity |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for method in methods:
+            one, upd, seq = (by.get((method, target, v)) for v in VARIANTS)
+            if one is None and upd is None and seq is None:
+                continue
+            label = searched.get(target, {}).get("label", "searched") if method == "searched" else method
+            if method == "owl":
+                label = "wanda + OWL (M 5, lambda 0.08)"
+            any_cell = one or upd or seq
+            lines.append(f"| {label} | {_fmt_ppl(one)} | {_fmt_zs(one, 'acc')} | {_fmt_zs(one, 'acc_norm')} | "
+                         f"{_fmt_ppl(upd)} | {_fmt_ppl(seq)} | {any_cell['realised_sparsity']:.4f} |")
+        lines.append("")
+    lines.append("Empty cells do not apply (magnitude has no sequential form; SparseGPT and ADMM bring their own "
+                 "update; OWL allocates unstructured sparsity) or were not run. Cells without a commit in the JSON "
+                 "come from the first version of this script (same settings, perplexity only).")
     return "\n".join(lines) + "\n"
 
 
