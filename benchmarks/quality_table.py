@@ -66,21 +66,17 @@ def applies(method: str, target: str, variant: str, searched: dict) -> bool:
 def plan_of(method: str, target: str, variant: str, searched: dict, profile: ModelProfile) -> PruningPlan:
     nm = ":" in target
     mode = "sequential" if variant == "sequential" else "one-shot"
-    if method in ("owl", "searched"):
-        if method == "owl":
-            space = make_space({"metric": {"name": "bawa"}, "allocation": {"name": "owl"},
-                                "pattern": {"name": "unstructured", "sparsity": float(target)}})
-            plan = space.decode(space.named_points()["wanda+owl"], profile)
-        else:
-            space = make_space(searched[target]["space"])
-            plan = space.bind(profile).decode({}, profile)
-        fields = {**plan.to_dict(), "mode": mode}
+    if method == "owl":
+        space = make_space({"metric": {"name": "bawa"}, "allocation": {"name": "owl"},
+                            "pattern": {"name": "unstructured", "sparsity": float(target)}})
+        plan = space.decode(space.named_points()["wanda+owl"], profile)
+    elif method == "searched":
+        space = make_space(searched[target]["space"])
+        plan = space.bind(profile).decode({}, profile)
     else:
-        fields = plan_for_method(method, sparsity=None if nm else float(target), pattern=target if nm else "unstructured",
-                                 mode=mode).to_dict()
-    if variant == "one-shot + SparseGPT update":
-        fields["update"] = "sparsegpt"
-    return PruningPlan.from_dict(fields)
+        plan = plan_for_method(method, sparsity=None if nm else float(target), pattern=target if nm else "unstructured")
+    update = "sparsegpt" if variant == "one-shot + SparseGPT update" else plan.update
+    return plan.with_fields(mode=mode, update=update)
 
 
 def git_commit() -> str | None:

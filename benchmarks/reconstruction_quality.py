@@ -59,7 +59,7 @@ def plan_of(method: str, target: str, overrides: dict, searched: dict, profile: 
         plan = space.bind(profile).decode({}, profile)
     else:
         plan = plan_for_method(method, sparsity=None if nm else float(target), pattern=target if nm else "unstructured")
-    return PruningPlan.from_dict({**plan.to_dict(), **overrides}) if overrides else plan
+    return plan.with_fields(**overrides)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from automl_prune.errors import UserError
 from automl_prune.pruning.masks import parse_pattern
 
-from .parts import Part, PartConfig, Range, rounded
+from .parts import Part, PartConfig, rounded
 
 
 class PatternPart(Part):

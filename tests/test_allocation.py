@@ -25,7 +25,6 @@ from automl_prune.allocation.profile import layer_alphas
 from automl_prune.allocation.rules import depth_schedule
 from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from search_spaces import make_space
-from tiny_models import calibrated_tiny_llama
 
 BLOCKS = 4
 

@@ -144,3 +144,15 @@ def test_export_and_reload_give_the_same_model(tmp_path):
     for name, lin in _linears(again).items():
         assert torch.equal(lin.weight, _linears(model)[name].weight), name
     assert perplexity(again, ids, progress=False)["ppl"] == pytest.approx(ppl, rel=1e-6)
+
+
+def test_plan_with_fields_validates_the_copy():
+    from automl_prune.errors import UserError
+    from automl_prune.pruning.methods import plan_for_method
+
+    plan = plan_for_method("wanda", sparsity=0.5)
+    assert plan.with_fields() is plan
+    seq = plan.with_fields(mode="sequential", update="sparsegpt")
+    assert (seq.mode, seq.update, seq.sparsity, plan.mode) == ("sequential", "sparsegpt", 0.5, "one-shot")
+    with pytest.raises(UserError, match="field 'update'"):
+        plan.with_fields(update="obs")

@@ -207,8 +207,7 @@ def test_dsnot_skips_the_layers_named_in_skip():
     ids = _ids(base)
     masks = {}
     for label, plan in {"wanda": plan_for_method("wanda", sparsity=0.5),
-                        "dsnot": PruningPlan.from_dict({**plan_for_method("dsnot", sparsity=0.5).to_dict(),
-                                                        "dsnot": {"threshold": 0.0}})}.items():  # tiny shifts
+                        "dsnot": plan_for_method("dsnot", sparsity=0.5).with_fields(dsnot={"threshold": 0.0})}.items():  # tiny shifts
         model = tiny_model("llama")
         prune_model(model, plan, ids, progress=False, use_cache=False)
         masks[label] = {f"{i}.{n}": m.weight == 0 for i, b in enumerate(decoder_blocks(model)) for n, m in prunable_linears(b).items()}

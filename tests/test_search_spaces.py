@@ -15,7 +15,7 @@ import torch
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from automl_prune.allocation import ModelProfile, weighted_mean
+from automl_prune.allocation import weighted_mean
 from automl_prune.calibration.stats import LinearStats
 from automl_prune.errors import UserError
 from automl_prune.metrics.kernel import default_group, score
@@ -44,7 +44,6 @@ from search_spaces import (
     to_vector,
     vector_bounds,
 )
-from tiny_models import calibrated_tiny_llama
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

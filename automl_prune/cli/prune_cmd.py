@@ -53,7 +53,7 @@ def build_plan(args: argparse.Namespace) -> PruningPlan:
             overrides.update(sparsity=args.sparsity, pattern="unstructured", layer_sparsity={})
         if args.pattern is not None:
             overrides.update(pattern=args.pattern, sparsity=None, layer_sparsity={})
-        return PruningPlan.from_dict(plan.to_dict() | overrides, source=f"plan {args.plan} with command-line overrides") if overrides else plan
+        return plan.with_fields(source=f"plan {args.plan} with command-line overrides", **overrides)
     pattern = args.pattern or "unstructured"
     sparsity = args.sparsity if args.sparsity is not None else (None if args.pattern else 0.5)
     return plan_for_method(args.method, sparsity=sparsity, pattern=pattern, mode=args.mode or "one-shot", update=args.update,

@@ -159,6 +159,10 @@ class PruningPlan(BaseModel):
                 del data[key]
         return data
 
+    def with_fields(self, *, source: str = "plan", **fields) -> "PruningPlan":
+        """A copy with ``fields`` replaced, validated as a new plan (a bad value names the field)."""
+        return PruningPlan.from_dict(self.to_dict() | fields, source=source) if fields else self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..pruning.apply import PruneResult
 from ..pruning.plan import PruningPlan
 from .context import SearchContext
 
