@@ -48,7 +48,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--settings", default="local,ray x1,ray x2")
     ap.add_argument("--stem", default="executor_throughput")
+    ap.add_argument("--results-dir", default=str(RESULTS), help="where STEM.json and STEM.md go")
     args = ap.parse_args()
+    results = Path(args.results_dir)
 
     cpus = os.cpu_count() or 1
     base = {"searcher.name": "random", "searcher.seed": 0, "budget.trials": args.trials, "budget.timeout": None,
@@ -82,8 +84,8 @@ def main() -> None:
     result = dict(config=args.config, model=config.model, calibration=config.calibration.model_dump(),
                   trials=args.trials, cpus=cpus, rows=rows, ray_overhead_seconds_per_trial=overhead,
                   environment=environment("cpu"))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{args.stem}.json").write_text(json.dumps(result, indent=2, default=str))
     lines = [f"{config.model}, {args.config} space, random search (seed 0), {args.trials} trials per setting, "
              f"{cpus} CPUs; one run, settings one after another.", "",
              "| setting | steady s/trial | steady trials/min | search s (incl. Ray start, worker load) | end to end s |",
@@ -93,7 +95,7 @@ def main() -> None:
                      f"{r['search_seconds']:.1f} | {r['end_to_end_seconds']:.1f} |")
     if overhead is not None:
         lines += ["", f"Ray's overhead per trial (ray x1 minus local, steady state): {overhead:+.2f} s."]
-    (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
+    (results / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -103,7 +103,7 @@ def summarise(rows: list[dict], labels: list[str]) -> dict:
 
 
 def write(result: dict, stem: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     p = result["protocol"]
     lines = [f"Model {p['model']}; calibration {p['calibration']}; probe {p['probe']}; held-out {p['heldout']}; "
@@ -147,6 +147,7 @@ def resumable(stem: str, protocol: dict, labels: list[str]) -> dict:
 
 
 def main() -> None:
+    global RESULTS  # --results-dir
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data-dir", default=None)
@@ -162,10 +163,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default=None, help="comma-separated objective labels to measure (default: all)")
     ap.add_argument("--stem", default="objective_fidelity")
+    ap.add_argument("--results-dir", default=str(RESULTS), help="where STEM.json and STEM.md go")
     ap.add_argument("--render", action="store_true", help="only rewrite the summaries and the table from the JSON")
     ap.add_argument("--resume", action="store_true",
                     help="keep the plans already measured in the JSON (same protocol) and run only the missing ones")
     args = ap.parse_args()
+    RESULTS = Path(args.results_dir)
     if args.render:
         result = json.loads((RESULTS / f"{args.stem}.json").read_text())
         labels = [v[0] for v in VARIANTS]

@@ -4,6 +4,7 @@ tables (the figures themselves come from full runs quoted in the README)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,40 @@ def test_scaling_smoke(tiny_llama_dir, data_dir, tmp_path):
     assert all(r["candidate_seconds"] > 0 and r["capture_seconds"] > 0 for r in result["rows"])
     assert result["slope"] is not None
     assert "candidates / min" in (tmp_path / "results" / "smoke.md").read_text()
+
+
+def test_capture_cost_smoke(tiny_llama_dir, data_dir, tmp_path):
+    out = tmp_path / "capture"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "capture_cost.py"), "--model", str(tiny_llama_dir), "--nsamples", "4",
+           "--seqlen", "64", "--repeats", "1", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert out.with_suffix(".json").exists() and "plain forward" in out.with_suffix(".md").read_text()
+
+
+def test_executor_throughput_smoke(tiny_llama_dir, data_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from study_configs import tiny_study_config
+
+    config = tiny_study_config(tmp_path, tiny_llama_dir, data_dir)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "executor_throughput.py"), "--config", str(config), "--trials", "3",
+           "--settings", "local,ray x1", "--stem", "smoke", "--results-dir", str(tmp_path / "results")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    assert [r["setting"] for r in result["rows"]] == ["local", "ray x1"]
+    assert all(r["trials"] == 3 for r in result["rows"])
+
+
+def test_objective_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "objective_fidelity.py"), "--model", str(tiny_llama_dir),
+           "--data-dir", str(data_dir), "--nsamples", "4", "--seqlen", "64", "--probe-nsamples", "2",
+           "--heldout-seqlen", "64", "--heldout-windows", "2", "--targets", "0.5", "--random", "2",
+           "--only", "layer_recon fisher,kl", "--stem", "smoke", "--results-dir", str(tmp_path / "results")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "AUTOML_PRUNE_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    summary = result["targets"]["0.5"]["summary"]
+    assert summary["n_plans"] >= 3 and set(summary["objectives"]) == {"layer_recon fisher", "kl"}
+    assert -1 <= summary["objectives"]["kl"]["spearman"] <= 1
