@@ -123,7 +123,15 @@ def main() -> None:
     ap.add_argument("--searched", default=str(HERE / "plans" / "searched.yaml"))
     ap.add_argument("--out", default=str(RESULTS / "quality_smollm2"))
     ap.add_argument("--resume", action="store_true", help="keep the cells already in OUT.json and fill in what is missing")
+    ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = ap.parse_args()
+    if args.render:
+        out = Path(args.out)
+        if not out.with_suffix(".json").exists():
+            raise SystemExit(f"--render: {out.with_suffix('.json')} does not exist; run the benchmark first")
+        report = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(markdown(report, yaml.safe_load(Path(args.searched).read_text()), args))
+        return
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -212,7 +220,7 @@ def markdown(report: dict, searched: dict, args) -> str:
              f"the average about 0.04 at this size), for the one-shot cells. Dense: ppl {dense['ppl']:.2f}"
              + (f", zero-shot acc {zs_dense['acc']:.3f} / acc_norm {zs_dense['acc_norm']:.3f}." if zs_dense else "."), ""]
     by = {(r["method"], r["target"], r["variant"]): r for r in report["rows"]}
-    targets = list(dict.fromkeys(r["target"] for r in report["rows"]))
+    targets = sorted(dict.fromkeys(r["target"] for r in report["rows"]), key=lambda t: (":" in t, t))  # unstructured first
     methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
     for target in targets:
         kind = "N:M" if ":" in target else "unstructured"

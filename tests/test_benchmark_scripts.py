@@ -69,6 +69,10 @@ def test_quality_table_smoke(tiny_llama_dir, data_dir, tmp_path):
     assert len(json.loads(out.with_suffix(".json").read_text())["rows"]) == len(report["rows"])
     md = out.with_suffix(".md").read_text()
     assert "**2:4 (N:M)**" in md and "wanda + OWL" in md
+    assert md.index("**0.5 (unstructured)**") < md.index("**2:4 (N:M)**")
+    out.with_suffix(".md").unlink()  # --render rebuilds the table from the JSON alone
+    render = subprocess.run(cmd + ["--render"], capture_output=True, text=True, timeout=300)
+    assert render.returncode == 0 and out.with_suffix(".md").read_text() == md
 
 
 def test_scaling_smoke(tiny_llama_dir, data_dir, tmp_path):
