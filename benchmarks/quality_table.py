@@ -12,7 +12,8 @@ Cells (each a row of the JSON, written as soon as it is finished):
 Methods: the named methods of ``automl-prune prune --method``, ``owl`` (Wanda with OWL's allocation,
 M = 5, lambda = 0.08, unstructured only) and ``searched`` (the plans in plans/searched.yaml, where
 the target has one). Cells that do not apply are skipped: magnitude uses no activations (sequential
-gives its one-shot masks), SparseGPT and ADMM bring their own update.
+gives its one-shot masks), SparseGPT and ADMM bring their own update, the searched plans were
+searched one-shot.
 
 The model is loaded once and its dense weights restored before each cell. ``--resume`` keeps the
 cells already in OUT.json (written with the same model and windows) and fills in only what is
@@ -57,9 +58,9 @@ def applies(method: str, target: str, variant: str, searched: dict) -> bool:
     if method == "searched" and target not in searched:
         return False
     if variant == "one-shot + SparseGPT update":
-        return method not in OWN_UPDATE and method != "dsnot"
+        return method not in OWN_UPDATE
     if variant == "sequential":
-        return method not in {"magnitude", "admm", "searched"}
+        return method not in {"magnitude", "searched"}
     return True
 
 
