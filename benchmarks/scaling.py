@@ -23,18 +23,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
-from search_throughput import forward_seconds, peak_rss_mib
+from search_throughput import forward_seconds, peak_rss_mib, time_candidates
 
 from automl_prune.provenance import environment
 from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from automl_prune.models.loading import load_model
-from automl_prune.search.candidate import score_candidate
 from automl_prune.search.config import load_config
 from automl_prune.search.setup import load_search
 from objectives import make_objective
-from search_spaces import make_space, suggest
+from search_spaces import make_space
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = re.compile(r"^tiny-(\d+)x(\d+)$")
@@ -66,21 +64,8 @@ def measure(config, candidates: int, seed: int) -> dict:
     setup_s = time.perf_counter() - t
     ctx.restore()
     fwd = forward_seconds(ctx, ctx.calib_ids, repeats=1)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    times, masks = [], []
-    for _ in range(candidates):
-        params = suggest(space, study.ask())
-        t0 = time.perf_counter()
-        plan = space.decode(params, profile)
-        t1 = time.perf_counter()
-        ctx.apply(plan)
-        t2 = time.perf_counter()
-        ctx.restore()
-        t3 = time.perf_counter()
-        score_candidate(ctx, plan, objectives)
-        times.append((t1 - t0) + (time.perf_counter() - t3))
-        masks.append(t2 - t1)
-    ctx.restore()
+    rows, _ = time_candidates(ctx, profile, space, objectives, candidates, seed)
+    times, masks = [r["candidate"] for r in rows], [r["masks"] for r in rows]
     prunable = sum(lin.weight.numel() for block in decoder_blocks(ctx.model) for lin in prunable_linears(block).values())
     cand = statistics.median(times)
     return dict(params=sum(p.numel() for p in ctx.model.parameters()), prunable_params=prunable,

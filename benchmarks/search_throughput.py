@@ -47,6 +47,29 @@ def forward_seconds(ctx, ids: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
+def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seconds of ``n`` random candidates of ``space`` (seeded): per candidate ``decode``, ``masks``
+    (masks on the working copy) and ``candidate`` (decode + masks + objectives, as a trial scores
+    it); and the parameter sets drawn. The working copy is restored at the end."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    rows, drawn = [], []
+    for _ in range(n):
+        params = suggest(space, study.ask())
+        drawn.append(params)
+        t0 = time.perf_counter()
+        plan = space.decode(params, profile)
+        t1 = time.perf_counter()
+        ctx.apply(plan)
+        t2 = time.perf_counter()
+        ctx.restore()
+        t3 = time.perf_counter()
+        score_candidate(ctx, plan, objectives)
+        t4 = time.perf_counter()
+        rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=(t1 - t0) + (t4 - t3)))
+    ctx.restore()
+    return rows, drawn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/bawa-tpe-50.yaml")
@@ -68,22 +91,7 @@ def main() -> None:
     ctx.restore()
     fwd = forward_seconds(ctx, ctx.calib_ids, repeats=args.repeats)
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
-    rows, drawn = [], []
-    for _ in range(args.candidates):
-        params = suggest(space, study.ask())
-        drawn.append(params)
-        t0 = time.perf_counter()
-        plan = space.decode(params, profile)
-        t1 = time.perf_counter()
-        ctx.apply(plan)
-        t2 = time.perf_counter()
-        ctx.restore()
-        t3 = time.perf_counter()
-        score_candidate(ctx, plan, objectives)
-        t4 = time.perf_counter()
-        rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=(t1 - t0) + (t4 - t3)))
-    ctx.restore()
+    rows, drawn = time_candidates(ctx, profile, space, objectives, args.candidates, args.seed)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     peak_cached = peak_rss_mib()
     reload = reload_per_candidate(config, drawn[: args.reload_candidates]) if args.reload_candidates else None
