@@ -15,6 +15,7 @@ slope of candidate time against prunable parameters.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -39,13 +40,19 @@ TINY = re.compile(r"^tiny-(\d+)x(\d+)$")
 DEFAULT_MODELS = "tiny-64x2,tiny-128x4,tiny-256x6,tiny-384x8,smollm2-135m,gemma3-270m"
 
 
+@functools.lru_cache(maxsize=None)
+def tokenizer_of(source: str):
+    """The tokenizer of a model alias or folder, loaded once for all the tiny models."""
+    return load_model(source, device="cpu").tokenizer
+
+
 def tiny_llama(spec: str, folder: Path, tokenizer_source: str) -> str:
     """A random Llama ``tiny-WIDTHxDEPTH`` (MLP 2.67 x width, 64-dim heads) saved with SmolLM2's
     tokenizer; returns its folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     width, depth = map(int, TINY.match(spec).groups())
-    tok = load_model(tokenizer_source, device="cpu").tokenizer
+    tok = tokenizer_of(tokenizer_source)
     heads = max(1, width // 64)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=int(width * 8 / 3) // 8 * 8,
                          num_hidden_layers=depth, num_attention_heads=heads, num_key_value_heads=heads,
