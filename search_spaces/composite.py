@@ -90,8 +90,10 @@ class ComposedSpace(SearchSpace):
             return {}
         anchor = "wanda" if "wanda" in metrics else next(iter(metrics))
         recons = [(k, v) for k, v in self.reconstruction.named_points().items() if v is not None]
+        # every metric with the first allocation; the anchor metric with every other allocation, and
+        # with every allocation again under each mask refinement (Wanda + DSnoT, uniform and OWL)
         combos = ([(m, allocs[0], recons[0]) for m in metrics] + [(anchor, a, recons[0]) for a in allocs[1:]]
-                  + [(anchor, allocs[0], r) for r in recons[1:]])
+                  + [(anchor, a, r) for r in recons[1:] for a in allocs])
         out: dict[str, dict] = {}
         for plabel, ppoint in patterns.items():
             for mlabel, (alabel, apoint), (rlabel, rpoint) in combos:

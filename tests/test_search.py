@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from automl_prune.errors import UserError
 from automl_prune.search.config import load_config
+from automl_prune.search.polish import front_starts
 from automl_prune.search.run import run_search
 from objectives.base import Objective, register
 from study_configs import tiny_study_config
@@ -165,3 +166,77 @@ def test_report_names_the_searcher_settings_that_apply():
     assert searcher_text(tpe) == "tpe (seed 0, n startup trials 10)"
     assert searcher_text({**tpe, "name": "nsga3", "population": 24}) == "nsga3 (seed 0, population 24)"
     assert "not seeded" in searcher_text({**tpe, "seed_named_points": False})
+
+
+def _front_config(tmp_path, tiny_llama_dir, data_dir, **over):
+    return _config(tmp_path, tiny_llama_dir, data_dir,
+                   space={"metric": {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "beta": [-0.3, 0.3],
+                                     "gamma": [0.7, 1.3], "norms": ["l2"], "activations": ["l2"], "clip": False},
+                          "allocation": {"name": "owl", "M": [2, 12], "lambda": [0.0, 0.3]},
+                          "pattern": {"name": "sparsity", "low": 0.3, "high": 0.7, "step": 0.1, "points": [0.4, 0.6]},
+                          "reconstruction": {"refine": ["none", "dsnot"]}},
+                   objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
+                   searcher={"name": "nsga3", "seed": 0, "population": 4},
+                   final={"top": 2, "fidelity_sample": 0, "baselines": ["wanda"]}, **over)
+
+
+def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir):
+    polish = {"points": [0.4, 0.6], "trials": 7, "front": 2, "n_startup_trials": 2,
+              "objective": {"name": "kl", "params": {"windows": 1}}}
+    path = _front_config(tmp_path, tiny_llama_dir, data_dir, polish=polish)
+    out = tmp_path / "run"
+    report = run_search(load_config(path, {"budget.trials": 14}), out, progress=False)
+    storage = f"sqlite:///{out / 'study.db'}"
+    front = _study(out)
+    for point in (0.4, 0.6):
+        study = optuna.load_study(study_name=f"automl-prune-polish-{point:g}", storage=storage)
+        trials = study.get_trials()
+        assert len(trials) == 7 and study.user_attrs["target_sparsity"] == point
+        named = [t.user_attrs["named_point"] for t in trials if "named_point" in t.user_attrs]
+        assert named == ["wanda+owl", "wanda", "wanda+owl+dsnot", "wanda+dsnot"]  # the named methods first
+        assert all("pattern.sparsity" not in t.params for t in trials)
+        for t in trials:  # every polished candidate sits at the target (OWL renormalised, uniform per-row floor)
+            assert abs(t.user_attrs["realised_sparsity"] - point) < 0.01
+        # the front's best trials at this target were started from (unless a named point already was)
+        starts = front_starts(front, point, 2)
+        assert starts
+        for number, params in starts:
+            assert front.trials[number].params["pattern.sparsity"] == point
+            assert any(t.params == params for t in trials)
+        for t in (t for t in trials if "front_trial" in t.user_attrs):
+            source = front.trials[t.user_attrs["front_trial"]]
+            assert {k: v for k, v in source.params.items() if k != "pattern.sparsity"} == t.params
+        wanda = next(t for t in trials if t.user_attrs.get("named_point") == "wanda")
+        assert study.best_value <= wanda.value
+    import json
+
+    final = json.loads((out / "final.json").read_text())
+    searched = {r["name"]: r for r in final["rows"] if r["kind"] == "searched"}
+    assert set(searched) == {"polished 0.4", "polished 0.6"}
+    for name, r in searched.items():
+        base = [b for b in final["rows"] if b["kind"] == "baseline" and b["target"] == r["target"]]
+        assert [b["name"] for b in base] == ["wanda"] and r["ppl"] > 1 and len(r["values"]) == 2
+    assert [p["point"] for p in final["polish"]] == [0.4, 0.6]
+    text = report.read_text()
+    assert "### Polishing" in text and "**polished 0.4**" in text and "Polishing (2 target sparsities)" in text
+    from automl_prune.pruning.plan import PruningPlan
+
+    saved = PruningPlan.load(out / "polished" / "sparsity-0.4.yaml")
+    assert saved.to_dict() == searched["polished 0.4"]["plan"]
+    # a re-run resumes: no new trial, the same polished plans
+    before = {p["point"]: p["best"]["trial"] for p in final["polish"]}
+    run_search(load_config(path, {"budget.trials": 14}), out, progress=False)
+    again = json.loads((out / "final.json").read_text())
+    assert {p["point"]: p["best"]["trial"] for p in again["polish"]} == before
+    assert all(p["new_trials"] == 0 for p in again["polish"])
+
+
+def test_polishing_needs_a_sparsity_front(tmp_path, tiny_llama_dir, data_dir):
+    path = _config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [0.5]})
+    with pytest.raises(UserError, match="polish"):
+        load_config(path)
+    with pytest.raises(UserError, match="polish.points"):
+        load_config(_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [1.5]}))
+    with pytest.raises(UserError, match="polish.space"):
+        load_config(_front_config(tmp_path, tiny_llama_dir, data_dir,
+                                  polish={"points": [0.5], "space": {"metric": {"name": "no-such-space"}}}))

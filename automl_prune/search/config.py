@@ -79,6 +79,30 @@ class FinalConfig(_Strict):
     export_best: bool = False  # also write the pruned best model as an HF folder
 
 
+class PolishConfig(_Strict):
+    """Per-point polishing of a sparsity front: at each target sparsity in ``points``, a short
+    single-objective TPE over the same space with the sparsity fixed, scored by ``objective``
+    (slower and more faithful than the front's), started from the named methods and the front's
+    best trials at that target. The final comparison then evaluates the polished plans."""
+
+    points: list[float] = Field(min_length=1)
+    trials: int = Field(12, ge=1)  # per point, enqueued starting points included
+    objective: ObjectiveConfig = ObjectiveConfig(name="kl", params={"windows": 4})
+    front: int = Field(3, ge=0)  # best front trials at each target enqueued as starting points
+    space: dict[str, Any] | None = None  # None: the front's space (its pattern is replaced by the target)
+    seed: int = 0
+    n_startup_trials: int = Field(4, ge=0)
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < p < 1.0 for p in v):
+            raise ValueError(f"points must lie in (0, 1), got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"points repeat a value: {v}")
+        return sorted(v)
+
+
 class RayConfig(_Strict):
     """The Ray Tune executor: where to run and what each trial asks for."""
 
@@ -112,6 +136,7 @@ class StudyConfig(_Strict):
     storage: str | None = None  # Optuna storage URL; default sqlite:///<out>/study.db
     study_name: str | None = None
     final: FinalConfig = FinalConfig()
+    polish: PolishConfig | None = None  # sparsity fronts only: see PolishConfig
 
     @field_validator("objectives")
     @classmethod
@@ -165,6 +190,17 @@ def _check_names(config: StudyConfig) -> None:
     make_space(config.space)
     for o in config.objectives:
         make_objective(o.name, **o.params)
+    if config.polish is not None:
+        pattern = (config.space.get("pattern") or {}).get("name")
+        if pattern != "sparsity":
+            raise UserError("invalid config: field 'polish': polishing needs the sparsity as a decision variable "
+                            f"(space.pattern.name: sparsity), not pattern {pattern!r}; remove 'polish' or change the pattern")
+        make_objective(config.polish.objective.name, **config.polish.objective.params)
+        if config.polish.space is not None:
+            try:
+                make_space({**config.polish.space, "pattern": {"name": "unstructured", "sparsity": 0.5}})
+            except UserError as exc:
+                raise UserError(f"invalid config: field 'polish.space': {exc}") from None
     from .final import BASELINES
 
     unknown = [b for b in config.final.baselines if b not in BASELINES]

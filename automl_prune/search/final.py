@@ -97,21 +97,32 @@ def baseline_plan(method: str, sparsity: float | None, pattern: str, state: Sear
     return space.decode(space.named_points()[label], profile)
 
 
-def final_comparison(state: SearchState, *, progress: bool = True) -> dict:
-    """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample."""
+def final_comparison(state: SearchState, *, polished: list[dict] | None = None, progress: bool = True) -> dict:
+    """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample.
+    With ``polished`` (the results of per-point polishing) the polished plans are the chosen ones,
+    each compared with the baselines at its target sparsity."""
     cfg = state.config.final
     heldout = HeldoutEvaluator(state)
     rows: list[dict] = []
-    chosen = chosen_trials(state)
     targets: dict[tuple, None] = {}
-    for t in tqdm(chosen, desc="final: best plans", disable=None if progress else True, leave=False):
-        plan = PruningPlan.from_dict(t.user_attrs["plan"])
-        ppl, realised, _ = heldout(plan)
-        rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
-                         sparsity=realised, plan=plan.to_dict()))
-        targets[_target(plan, realised)] = None
+    bar = dict(disable=None if progress else True, leave=False)
+    if polished:
+        for p in tqdm([p for p in polished if p.get("best")], desc="final: polished plans", **bar):
+            plan = PruningPlan.from_dict(p["best"]["plan"])
+            values = score_candidate(state.ctx, plan, state.objectives).values
+            ppl, realised, _ = heldout(plan)
+            rows.append(dict(kind="searched", name=f"polished {p['point']:g}", trial=p["best"]["trial"], values=values,
+                             ppl=ppl, sparsity=realised, plan=plan.to_dict(), target=p["point"]))
+            targets[(p["point"], "unstructured")] = None
+    else:
+        for t in tqdm(chosen_trials(state), desc="final: best plans", **bar):
+            plan = PruningPlan.from_dict(t.user_attrs["plan"])
+            ppl, realised, _ = heldout(plan)
+            rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
+                             sparsity=realised, plan=plan.to_dict()))
+            targets[_target(plan, realised)] = None
     for sparsity, pattern in targets:
-        for method in tqdm(cfg.baselines, desc="final: baselines", disable=None if progress else True, leave=False):
+        for method in tqdm(cfg.baselines, desc="final: baselines", **bar):
             try:
                 plan = baseline_plan(method, sparsity, pattern, state)
                 values = score_candidate(state.ctx, plan, state.objectives).values
@@ -119,10 +130,15 @@ def final_comparison(state: SearchState, *, progress: bool = True) -> dict:
             except Exception as exc:  # noqa: BLE001 - a baseline that fails is reported, not fatal
                 log.warning("baseline %s failed: %s", method, exc)
                 continue
-            rows.append(dict(kind="baseline", name=method, values=values, ppl=ppl, sparsity=realised, plan=plan.to_dict()))
+            rows.append(dict(kind="baseline", name=method, values=values, ppl=ppl, sparsity=realised, plan=plan.to_dict(),
+                             target=sparsity))
     fidelity = fidelity_sample(state, heldout, progress=progress)
     state.ctx.restore()
-    return dict(rows=rows, fidelity=fidelity)
+    out = dict(rows=rows, fidelity=fidelity)
+    if polished:
+        out["polish"] = [{k: v for k, v in p.items() if k != "best"} | {"best": {k: v for k, v in (p.get("best") or {}).items()
+                                                                                  if k != "plan"}} for p in polished]
+    return out
 
 
 def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: bool = True) -> dict:

@@ -41,6 +41,19 @@ def write_plans(study: optuna.Study, out: Path) -> list[Path]:
     return written
 
 
+def write_polished_plans(final: dict | None, out: Path) -> list[Path]:
+    """polished/sparsity-S.yaml: the polished plan of each target sparsity (from final.json)."""
+    rows = [r for r in (final or {}).get("rows", []) if r["kind"] == "searched" and r.get("target") is not None]
+    if rows:
+        (out / "polished").mkdir(exist_ok=True)
+    written = []
+    for r in rows:
+        path = out / "polished" / f"sparsity-{r['target']:g}.yaml"
+        PruningPlan.from_dict(r["plan"]).save(path)
+        written.append(path)
+    return written
+
+
 def plot_history(study: optuna.Study, names: list[str], out: Path) -> Path | None:
     import matplotlib
 
@@ -87,6 +100,10 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
     ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=10, alpha=0.35, label="trials")
     f = sorted((t for t in done if t.number in front), key=lambda t: t.values[1])
     ax.plot([t.values[1] for t in f], [t.values[0] for t in f], "o-", color="C3", label="Pareto front")
+    polished = [r for r in (final or {}).get("rows", []) if r["kind"] == "searched" and r.get("target") is not None]
+    if polished:
+        ax.scatter([r["values"][1] for r in polished], [r["values"][0] for r in polished], marker="*", s=120, color="C2",
+                   zorder=3, label="polished")
     ax.set_xlabel(names[1])
     ax.set_ylabel(names[0])
     ax.set_title("search objectives")
@@ -97,7 +114,8 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
             groups: dict[str, list] = {}
             for r in final["rows"]:
                 if r["kind"] == kind:
-                    groups.setdefault("searched" if kind == "searched" else r["name"], []).append(r)
+                    label = ("polished" if r.get("target") is not None else "front") if kind == "searched" else r["name"]
+                    groups.setdefault(label, []).append(r)
             for label, rows in groups.items():
                 rows = sorted(rows, key=lambda r: r["sparsity"])
                 ax.plot([r["sparsity"] for r in rows], [r["ppl"] for r in rows], style, label=label)
@@ -149,7 +167,10 @@ def headline(final: dict | None) -> list[str]:
     base = [r for r in rows if r["kind"] == "baseline"]
     out = []
     for r in (r for r in rows if r["kind"] == "searched"):
-        peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 0.01]
+        if r.get("target") is not None:  # polished plans: the baselines at the same target sparsity
+            peers = [b for b in base if b.get("target") == r["target"]]
+        else:
+            peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 0.01]
         if not peers:
             out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f} (no baseline at this sparsity).")
             continue
@@ -159,6 +180,27 @@ def headline(final: dict | None) -> list[str]:
         out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f}, {verdict} the best "
                    f"named method ({best['name']}, {best['ppl']:.3f}; {change:+.1f}%).")
     return [" ".join(out), ""] if len(out) == 1 else [*(f"- {line}" for line in out), ""]
+
+
+def polish_section(final: dict) -> list[str]:
+    """Per-point polishing: what each target's short TPE found on its objective, next to Wanda's value."""
+    polish = final.get("polish") or []
+    if not polish:
+        return []
+    ppl = {r.get("target"): r["ppl"] for r in final["rows"] if r["kind"] == "searched" and r.get("target") is not None}
+    wanda = {r.get("target"): r["ppl"] for r in final["rows"] if r["kind"] == "baseline" and r["name"] == "wanda"}
+    name = polish[0].get("objective", "objective")
+    lines = ["", "### Polishing", "",
+             f"Each target sparsity got a short TPE with the sparsity fixed, scored by `{name}`, started from the named "
+             "methods and the front's best trials there.", "",
+             f"| target | trials | best trial (start) | {name} best | {name} Wanda | held-out ppl | Wanda held-out ppl |",
+             "|---:|---:|---|---:|---:|---:|---:|"]
+    for p in polish:
+        b, w = p.get("best") or {}, p.get("wanda") or {}
+        start = b.get("named_point") or (f"front trial {b['front_trial']}" if b.get("front_trial") is not None else "TPE")
+        lines.append(f"| {p['point']:g} | {p.get('trials')} | {b.get('trial', '-')} ({start}) | {_fmt(b.get('value'))} | "
+                     f"{_fmt(w.get('value'))} | {_fmt(ppl.get(p['point']))} | {_fmt(wanda.get(p['point']))} |")
+    return lines
 
 
 def searcher_text(searcher: dict | None) -> str:
@@ -196,15 +238,21 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
               f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.FAIL]} failed, "
               f"{states[TrialState.PRUNED]} stopped early; {reused} reused stored values (same canonical form or masks) "
               f"instead of being scored again.", ""]
-    if meta.get("search_seconds"):
-        lines += [f"Search time {meta['search_seconds']:.0f} s this run "
-                  f"({meta.get('trials_this_run', 0)} trials, {meta.get('candidates_per_minute', 0):.1f} candidates/min).", ""]
+    if meta.get("search_seconds") is not None:
+        rate = meta.get("candidates_per_minute")
+        lines += [f"Search time {meta['search_seconds']:.0f} s this run ({meta.get('trials_this_run', 0)} trials"
+                  + (f", {rate:.1f} candidates/min)" if rate else ")")
+                  + (f"; {meta['search_seconds_total']:.0f} s over every run of this study." if
+                     meta.get("search_seconds_total", 0) > meta["search_seconds"] + 1 else "."), ""]
+    if meta.get("polish_seconds"):
+        lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s.", ""]
     if final:
         lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |",
                   "|---|---|" + "---:|" * len(names) + "---:|---:|"]
         for r in sorted(final["rows"], key=lambda r: (r["sparsity"], r["ppl"])):
             lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(_fmt(v) for v in r["values"]) +
                          f" | {r['ppl']:.3f} | {r['sparsity']:.4f} |")
+        lines += polish_section(final)
         fid = final.get("fidelity") or {}
         lines += ["", "## Does the objective track held-out perplexity?", ""]
         if fid.get("spearman"):
@@ -217,6 +265,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
         if (out / png).exists():
             lines.append(f"![{png[:-4]}]({png})")
     lines += ["", "Plans: " + ("`best.yaml`" if (out / "best.yaml").exists() else "`pareto/*.yaml`") +
+              (", the polished ones `polished/sparsity-S.yaml`" if (out / "polished").is_dir() else "") +
               "; apply one with `automl-prune prune --model M --plan FILE --out DIR`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -238,6 +287,7 @@ def rebuild(out: Path) -> Path:
 def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None) -> Path:
     write_trials_csv(study, out)
     plans = write_plans(study, out)
+    write_polished_plans(final, out)
     plot_history(study, names, out)
     plot_pareto(study, names, final, out)
     if len(study.directions) == 1 and plans:

@@ -13,6 +13,7 @@ from ..provenance import versions
 from .config import StudyConfig
 from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
 from .final import final_comparison
+from .polish import polish_front
 from .report import write_outputs
 from .setup import load_search
 
@@ -48,13 +49,20 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     else:
         optuna_loop(state, progress=progress)
     seconds = time.perf_counter() - start
+    before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
                 executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
-                candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None)
+                candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
+                search_seconds_total=round(before.get("search_seconds_total", before.get("search_seconds", 0.0)) + seconds, 1))
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     result = None
     if final:
-        result = final_comparison(state, progress=progress)
+        start = time.perf_counter()
+        polished = polish_front(state, out, progress=progress)
+        if polished:
+            meta["polish_seconds"] = round(time.perf_counter() - start, 1)
+            (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        result = final_comparison(state, polished=polished, progress=progress)
         (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
     ctx.restore()
     return write_outputs(study, out, [o.name for o in config.objectives], meta, result)

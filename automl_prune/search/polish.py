@@ -1,0 +1,118 @@
+"""Per-point polishing of a sparsity front.
+
+A sparsity-vs-error front is searched with a fast objective over a wide sparsity range; near any
+one sparsity the candidates differ by fractions of a percent of perplexity, finer than the fast
+objective resolves. Polishing takes each target sparsity in ``polish.points`` and runs a short
+single-objective TPE over the same space with the sparsity fixed, scored by a slower and more
+faithful objective (default: KL to the dense model on probe windows). It starts from the named
+methods at that sparsity (uniform Wanda among them, so it never ends worse than Wanda on its own
+objective) and from the front's best trials at that target. Each point is its own Optuna study in
+the search's storage (``<study>-polish-<s>``), so a re-run resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from .driver import FINISHED, SearchState, evaluate_trial, storage_url, study_name
+
+log = logging.getLogger(__name__)
+
+
+def polish_study_name(config, point: float) -> str:
+    return f"{study_name(config)}-polish-{point:g}"
+
+
+def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[tuple[int, dict]]:
+    """The ``k`` best (first objective) front-study trials whose target sparsity is ``point``:
+    their parameters without the sparsity, ready to enqueue in the fixed-sparsity space (only
+    those that are points of ``space`` when it is given)."""
+    from search_spaces.base import check_params
+
+    def fits(params: dict) -> bool:
+        try:
+            check_params(space, params)
+        except ValueError:
+            return False
+        return True
+
+    if k == 0:
+        return []
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if abs(t.params.get("pattern.sparsity", -1.0) - point) < 1e-9]
+    done.sort(key=lambda t: t.values[0])
+    out, seen = [], set()
+    for t in done:
+        params = {k_: v for k_, v in t.params.items() if k_ != "pattern.sparsity"}
+        key = tuple(sorted(params.items()))
+        if key not in seen and (space is None or fits(params)):
+            seen.add(key)
+            out.append((t.number, params))
+        if len(out) == k:
+            break
+    return out
+
+
+def polish_point(state: SearchState, point: float, objective, out: Path, *, progress: bool = True) -> dict:
+    """Polish one target sparsity; returns the best trial's plan and values, and Wanda's."""
+    from search_spaces import make_space
+
+    cfg, config = state.config.polish, state.config
+    base = cfg.space if cfg.space is not None else config.space
+    space = make_space({**base, "pattern": {"name": "unstructured", "sparsity": point}}).bind(state.profile)
+    name = polish_study_name(config, point)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+    study = optuna.create_study(storage=storage_url(config, out), study_name=name, direction=objective.direction,
+                                sampler=sampler, pruner=optuna.pruners.NopPruner(), load_if_exists=True)
+    if not study.trials:
+        study.set_user_attr("objective", cfg.objective.model_dump(mode="json"))
+        study.set_user_attr("target_sparsity", point)
+        for label, params in space.named_points().items():
+            study.enqueue_trial(params, user_attrs={"named_point": label})
+        for number, params in front_starts(state.study, point, cfg.front, space):
+            study.enqueue_trial(params, user_attrs={"front_trial": number}, skip_if_exists=True)
+    sub = SearchState(config=config, study=study, space=space, profile=state.profile, objectives=[objective], ctx=state.ctx)
+    dists = space.distributions()
+    done = lambda: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))  # noqa: E731
+    bar = tqdm(total=cfg.trials, initial=done(), desc=f"polish {point:g}", unit="trial", disable=None if progress else True,
+               leave=False)
+    while done() < cfg.trials:
+        evaluate_trial(sub, study.ask(dists))
+        bar.n = done()
+        bar.refresh()
+    bar.close()
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
+    if not complete:
+        return dict(point=point, study=name, trials=len(study.trials), best=None, note="no trial completed")
+    sign = 1.0 if objective.direction == "minimize" else -1.0
+    best = min(complete, key=lambda t: sign * t.value)
+    wanda = next((t for t in complete if t.user_attrs.get("named_point") == "wanda"), None)
+    return dict(point=point, study=name, trials=len(study.trials), new_trials=sub.new_trials, objective=objective.name,
+                best=dict(trial=best.number, value=best.value, plan=best.user_attrs["plan"], params=best.params,
+                          named_point=best.user_attrs.get("named_point"), front_trial=best.user_attrs.get("front_trial")),
+                wanda=None if wanda is None else dict(trial=wanda.number, value=wanda.value))
+
+
+def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> list[dict]:
+    """Polish every point of ``config.polish`` (a no-op without it)."""
+    from objectives import make_objective
+
+    cfg = state.config.polish
+    if cfg is None:
+        return []
+    objective = make_objective(cfg.objective.name, **cfg.objective.params)
+    objective.prepare(state.ctx)
+    results = []
+    for point in cfg.points:
+        result = polish_point(state, point, objective, out, progress=progress)
+        best = result.get("best") or {}
+        log.info("polish %.2f: best %s = %s (trial %s), wanda %s", point, objective.name, best.get("value"),
+                 best.get("trial"), (result.get("wanda") or {}).get("value"))
+        results.append(result)
+    state.ctx.restore()
+    return results
