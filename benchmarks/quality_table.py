@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
-from setup_args import add_model_and_data
+from setup_args import add_model_and_data, previous_report
 
 from automl_prune.allocation.profile import ModelProfile
 from automl_prune.calibration.dense import dense_statistics
@@ -88,21 +88,10 @@ def git_commit() -> str | None:
         return None
 
 
-def _fingerprint(report: dict) -> dict:
-    m, c, e = report.get("model") or {}, report.get("calibration") or {}, report.get("evaluation") or {}
-    return dict(model=m.get("gguf_sha256") or m.get("path") or m.get("spec"), calibration=c.get("windows_sha256"),
-                evaluation=e.get("windows_sha256"))
-
-
 def load_previous(path: Path, fresh: dict) -> dict | None:
     """The report already at ``path`` if it was written for the same model and windows; None if there is none."""
-    if not path.exists():
-        return None
-    report = json.loads(path.read_text())
-    if _fingerprint(report) != _fingerprint(fresh):
-        raise SystemExit(f"--resume: {path} was written with different settings ({_fingerprint(report)} != "
-                         f"{_fingerprint(fresh)}); use another --out or drop --resume")
-    for r in report["rows"]:  # cells of the first version of this script: no variant field
+    report = previous_report(path, fresh)
+    for r in (report or {}).get("rows", []):  # cells of the first version of this script: no variant field
         r.setdefault("variant", r.get("mode", "one-shot"))
     return report
 

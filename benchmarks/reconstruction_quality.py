@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from setup_args import add_model_and_data
+from setup_args import add_model_and_data, previous_report
 
 import yaml
 
@@ -84,9 +84,8 @@ def main() -> None:
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     out = Path(args.out)
-    old = json.loads(out.with_suffix(".json").read_text()) if args.resume and out.with_suffix(".json").exists() else None
-    if old is not None and old["calibration"].get("windows_sha256") != calib.info.get("windows_sha256"):
-        raise SystemExit("--resume: the recorded rows used other calibration windows; drop --resume or use another --out")
+    fresh = dict(model=loaded.info, calibration=calib.info, evaluation=evalw.info)
+    old = previous_report(out.with_suffix(".json"), fresh) if args.resume else None
     report = old or dict(model=loaded.info, calibration=calib.info, evaluation=evalw.info, mode="one-shot",
                          statistics=dict(computed.info, seconds=round(capture_s, 1)),
                          dense=perplexity(model, evalw.input_ids, desc="dense"), rows=[], environment=environment("cpu"))

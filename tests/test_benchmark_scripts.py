@@ -25,6 +25,10 @@ def test_reconstruction_quality_smoke(tiny_llama_dir, data_dir, tmp_path):
     assert rows[("ria + channel permutation", "2:4")]["permuted"] is True
     assert all(abs(r["realised_sparsity"] - 0.5) < 0.01 for r in report["rows"])
     assert "permuted channel order" in out.with_suffix(".md").read_text()
+    # --resume refuses rows written with other calibration windows
+    other = subprocess.run([*cmd[:cmd.index("--nsamples") + 1], "3", *cmd[cmd.index("--nsamples") + 2:], "--resume"],
+                           capture_output=True, text=True, timeout=900)
+    assert other.returncode != 0 and "different settings" in other.stderr
 
 
 def test_search_throughput_with_reload_loop_smoke(tiny_llama_dir, data_dir, tmp_path):
