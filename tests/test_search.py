@@ -229,6 +229,9 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
     again = json.loads((out / "final.json").read_text())
     assert {p["point"]: p["best"]["trial"] for p in again["polish"]} == before
     assert all(p["new_trials"] == 0 for p in again["polish"])
+    with pytest.raises(UserError, match="polishing study"):  # another polishing objective: not mixed in
+        run_search(load_config(path, {"budget.trials": 14, "polish.objective": {"name": "kl", "params": {"windows": 2}}}),
+                   out, progress=False)
 
 
 def test_polishing_needs_a_sparsity_front(tmp_path, tiny_llama_dir, data_dir):

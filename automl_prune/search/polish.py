@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .driver import FINISHED, SearchState, evaluate_trial, storage_url, study_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,21 @@ def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[
         if len(out) == k:
             break
     return out
+
+
+def check_polish_studies(config, out: Path) -> None:
+    """Before any model is loaded: polishing studies already in the storage must have been run with
+    the configured objective (their values are not mixed with another objective's)."""
+    if config.polish is None:
+        return
+    storage = storage_url(config, out)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    wanted = config.polish.objective.model_dump(mode="json")
+    for point in config.polish.points:
+        summary = existing.get(polish_study_name(config, point))
+        if summary is not None and summary.n_trials and summary.user_attrs.get("objective") != wanted:
+            raise UserError(f"the polishing study {summary.study_name!r} was run with objective "
+                            f"{summary.user_attrs.get('objective')}, not {wanted}; use another --out folder or study_name")
 
 
 def polish_point(state: SearchState, point: float, objective, out: Path, *, progress: bool = True) -> dict:

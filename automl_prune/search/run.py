@@ -13,7 +13,7 @@ from ..provenance import versions
 from .config import StudyConfig
 from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
 from .final import final_comparison
-from .polish import polish_front
+from .polish import check_polish_studies, polish_front
 from .report import write_outputs
 from .setup import load_search
 
@@ -31,6 +31,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     space = make_space(config.space)
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
     study = open_study(config, out, objectives)
+    check_polish_studies(config, out)
     ctx, profile, space = load_search(config, space, objectives, progress=progress)
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
     remember_finished(study, state.memo)
