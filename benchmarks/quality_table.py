@@ -25,6 +25,7 @@ missing, e.g. the zero-shot figures of a cell that has its perplexity.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import time
@@ -228,9 +229,13 @@ def markdown(report: dict, searched: dict, args) -> str:
             lines.append(f"| {label} | {_fmt_ppl(one)} | {_fmt_zs(one, 'acc')} | {_fmt_zs(one, 'acc_norm')} | "
                          f"{_fmt_ppl(upd)} | {_fmt_ppl(seq)} | {any_cell['realised_sparsity']:.4f} |")
         lines.append("")
+    missing = [cell for cell in itertools.product(methods, targets, VARIANTS) if cell not in by and applies(*cell, searched)]
     lines.append("Empty cells do not apply (magnitude has no sequential form; SparseGPT and ADMM bring their own "
-                 "update; OWL allocates unstructured sparsity) or were not run. Cells without a commit in the JSON "
-                 "come from the first version of this script (same settings, perplexity only).")
+                 "update; OWL allocates unstructured sparsity; the searched plans were searched one-shot)"
+                 + (f"; {len(missing)} that apply were not run (`--resume` fills them in)." if missing else
+                    "; every cell that applies was measured.")
+                 + " Cells without a commit in the JSON come from the first version of this script (same settings, "
+                 "perplexity only).")
     return "\n".join(lines) + "\n"
 
 
