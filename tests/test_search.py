@@ -221,6 +221,12 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
     assert "### Polishing" in text and "**polished 0.4**" in text and "Polishing (2 target sparsities)" in text
     from automl_prune.pruning.plan import PruningPlan
 
+    from automl_prune.search.report import change_vs_baseline
+
+    changes = change_vs_baseline(final)
+    assert [t for t, _ in changes] == [0.4, 0.6]
+    wanda04 = next(b["ppl"] for b in final["rows"] if b["kind"] == "baseline" and b["target"] == 0.4)
+    assert changes[0][1] == pytest.approx(100 * (searched["polished 0.4"]["ppl"] / wanda04 - 1))
     saved = PruningPlan.load(out / "polished" / "sparsity-0.4.yaml")
     assert saved.to_dict() == searched["polished 0.4"]["plan"]
     # a re-run resumes: no new trial, the same polished plans

@@ -95,7 +95,9 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = {t.number for t in study.best_trials}
-    fig, axes = plt.subplots(1, 2 if final else 1, figsize=(11 if final else 6, 4), squeeze=False)
+    changes = change_vs_baseline(final)
+    ncols = 1 + bool(final) + bool(changes)
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
     ax = axes[0][0]
     ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=10, alpha=0.35, label="trials")
     f = sorted((t for t in done if t.number in front), key=lambda t: t.values[1])
@@ -124,11 +126,30 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
         ax.set_ylabel("held-out perplexity")
         ax.set_title("held-out perplexity")
         ax.legend(fontsize=8)
+    if changes:
+        ax = axes[0][2]
+        xs = [f"{t:g}" for t, _ in changes]
+        ys = [c for _, c in changes]
+        ax.bar(xs, ys, color=["C2" if c < 0 else "C3" for c in ys])
+        for i, c in enumerate(ys):
+            ax.annotate(f"{c:+.2f}%" if abs(c) < 1 else f"{c:+.1f}%", (i, c), ha="center", va="top" if c < 0 else "bottom", fontsize=8)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("target sparsity")
+        ax.set_ylabel("held-out ppl vs uniform Wanda (%)")
+        ax.set_title("polished plans against Wanda")
     fig.tight_layout()
     path = out / "pareto.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def change_vs_baseline(final: dict | None, baseline: str = "wanda") -> list[tuple[float, float]]:
+    """(target, % change of held-out perplexity) of each polished plan against ``baseline`` at its target."""
+    rows = (final or {}).get("rows", [])
+    base = {r.get("target"): r["ppl"] for r in rows if r["kind"] == "baseline" and r["name"] == baseline}
+    return sorted((r["target"], 100 * (r["ppl"] / base[r["target"]] - 1)) for r in rows
+                  if r["kind"] == "searched" and r.get("target") is not None and r["target"] in base)
 
 
 def plot_layerwise(plan: PruningPlan, n_blocks: int, out: Path) -> Path | None:
