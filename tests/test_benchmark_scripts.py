@@ -134,3 +134,39 @@ def test_objective_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
     summary = result["targets"]["0.5"]["summary"]
     assert summary["n_plans"] >= 3 and set(summary["objectives"]) == {"layer_recon fisher", "kl"}
     assert -1 <= summary["objectives"]["kl"]["spearman"] <= 1
+
+
+def test_polish_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from study_configs import tiny_study_config
+
+    from automl_prune.search.config import load_config
+    from automl_prune.search.run import run_search
+
+    config = tiny_study_config(
+        tmp_path, tiny_llama_dir, data_dir,
+        space={"metric": {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "norms": ["l2"], "activations": ["l2"],
+                          "clip": False},
+               "allocation": {"name": "owl", "lambda": [0.0, 0.3]},
+               "pattern": {"name": "sparsity", "low": 0.3, "high": 0.7, "step": 0.1}},
+        objectives=[{"name": "layer_recon"}, {"name": "sparsity"}], searcher={"name": "nsga3", "seed": 0, "population": 4},
+        budget={"trials": 6}, final={"top": 0, "fidelity_sample": 0, "baselines": []},
+        polish={"points": [0.5], "trials": 4, "objective": {"name": "kl", "params": {"windows": 1}}})
+    run_search(load_config(config), tmp_path / "run", progress=False, final=False)
+    assert not (tmp_path / "run" / "final.json").exists()
+    run_search(load_config(config), tmp_path / "run", progress=False)  # resumes; polishes; final
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "polish_fidelity.py"), "--run", str(tmp_path / "run"), "--point", "0.5",
+           "--results-dir", str(tmp_path / "results")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / "polish_fidelity_0.5.json").read_text())
+    assert report["n"] == 4 and report["wanda"]["start"] == "wanda"
+    assert all(r["ppl"] > 1 for r in report["rows"]) and -1 <= report["spearman"] <= 1
+    assert report["objective_best"]["objective"] == min(r["objective"] for r in report["rows"])
+    # the polished plan of final.json is among the candidates, with the same held-out value (same plan, same windows)
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    polished = next(r for r in final["rows"] if r["kind"] == "searched")
+    assert any(abs(r["ppl"] - polished["ppl"]) < 1e-6 * polished["ppl"] for r in report["rows"])
+    bad = subprocess.run([*cmd[:-4], "--point", "0.6", "--results-dir", str(tmp_path / "results")], capture_output=True,
+                         text=True, timeout=900)
+    assert bad.returncode != 0 and "does not polish" in bad.stderr
