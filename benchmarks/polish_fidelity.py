@@ -19,10 +19,10 @@ import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from automl_prune.evaluation.perplexity import perplexity
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.search.config import load_config
 from automl_prune.search.driver import storage_url
+from automl_prune.search.final import HeldoutEvaluator
 from automl_prune.search.polish import polish_study_name
 from automl_prune.search.setup import build_context
 
@@ -44,14 +44,14 @@ def main() -> None:
     study = optuna.load_study(study_name=polish_study_name(config, args.point), storage=storage_url(config, run))
     trials = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     ctx = build_context(config, progress=False)
+    heldout = HeldoutEvaluator(ctx)  # the final comparison's evaluator: equal masks evaluated once
     rows = []
     for t in trials:
-        result = ctx.apply(PruningPlan.from_dict(t.user_attrs["plan"]))
-        ppl = perplexity(ctx.model, ctx.heldout_ids, device=ctx.device, progress=False)["ppl"]
-        ctx.restore()
+        ppl, realised, _ = heldout(PruningPlan.from_dict(t.user_attrs["plan"]))
         rows.append(dict(trial=t.number, start=t.user_attrs.get("named_point") or t.user_attrs.get("front_trial") or "tpe",
-                         objective=t.value, ppl=ppl, sparsity=result.realised_sparsity, params=t.params))
+                         objective=t.value, ppl=ppl, sparsity=realised, params=t.params))
         print(f"trial {t.number:3d}  {rows[-1]['start']!s:18}  objective {t.value:.5f}  held-out ppl {ppl:.3f}", flush=True)
+    ctx.restore()
     wanda = next((r for r in rows if r["start"] == "wanda"), None)
     best = min(rows, key=lambda r: r["objective"])
     rho = spearmanr([r["objective"] for r in rows], [r["ppl"] for r in rows]).statistic if len(rows) >= 3 else None

@@ -138,20 +138,14 @@ def test_objective_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
 
 def test_polish_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
-    from study_configs import tiny_study_config
+    from study_configs import tiny_front_config
 
     from automl_prune.search.config import load_config
     from automl_prune.search.run import run_search
 
-    config = tiny_study_config(
-        tmp_path, tiny_llama_dir, data_dir,
-        space={"metric": {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "norms": ["l2"], "activations": ["l2"],
-                          "clip": False},
-               "allocation": {"name": "owl", "lambda": [0.0, 0.3]},
-               "pattern": {"name": "sparsity", "low": 0.3, "high": 0.7, "step": 0.1}},
-        objectives=[{"name": "layer_recon"}, {"name": "sparsity"}], searcher={"name": "nsga3", "seed": 0, "population": 4},
-        budget={"trials": 6}, final={"top": 0, "fidelity_sample": 0, "baselines": []},
-        polish={"points": [0.5], "trials": 4, "objective": {"name": "kl", "params": {"windows": 1}}})
+    config = tiny_front_config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 6},
+                               final={"top": 0, "fidelity_sample": 0, "baselines": []},
+                               polish={"points": [0.5], "trials": 4, "objective": {"name": "kl", "params": {"windows": 1}}})
     run_search(load_config(config), tmp_path / "run", progress=False, final=False)
     assert not (tmp_path / "run" / "final.json").exists()
     run_search(load_config(config), tmp_path / "run", progress=False)  # resumes; polishes; final

@@ -14,7 +14,7 @@ from automl_prune.search.config import load_config
 from automl_prune.search.polish import front_starts
 from automl_prune.search.run import run_search
 from objectives.base import Objective, register
-from study_configs import tiny_study_config
+from study_configs import tiny_front_config, tiny_study_config
 
 
 _config = tiny_study_config
@@ -168,22 +168,10 @@ def test_report_names_the_searcher_settings_that_apply():
     assert "not seeded" in searcher_text({**tpe, "seed_named_points": False})
 
 
-def _front_config(tmp_path, tiny_llama_dir, data_dir, **over):
-    return _config(tmp_path, tiny_llama_dir, data_dir,
-                   space={"metric": {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "beta": [-0.3, 0.3],
-                                     "gamma": [0.7, 1.3], "norms": ["l2"], "activations": ["l2"], "clip": False},
-                          "allocation": {"name": "owl", "M": [2, 12], "lambda": [0.0, 0.3]},
-                          "pattern": {"name": "sparsity", "low": 0.3, "high": 0.7, "step": 0.1, "points": [0.4, 0.6]},
-                          "reconstruction": {"refine": ["none", "dsnot"]}},
-                   objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
-                   searcher={"name": "nsga3", "seed": 0, "population": 4},
-                   final={"top": 2, "fidelity_sample": 0, "baselines": ["wanda"]}, **over)
-
-
 def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir):
     polish = {"points": [0.4, 0.6], "trials": 7, "front": 2, "n_startup_trials": 2,
               "objective": {"name": "kl", "params": {"windows": 1}}}
-    path = _front_config(tmp_path, tiny_llama_dir, data_dir, polish=polish)
+    path = tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish=polish)
     out = tmp_path / "run"
     report = run_search(load_config(path, {"budget.trials": 14}), out, progress=False)
     storage = f"sqlite:///{out / 'study.db'}"
@@ -245,7 +233,7 @@ def test_polishing_needs_a_sparsity_front(tmp_path, tiny_llama_dir, data_dir):
     with pytest.raises(UserError, match="polish"):
         load_config(path)
     with pytest.raises(UserError, match="polish.points"):
-        load_config(_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [1.5]}))
+        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [1.5]}))
     with pytest.raises(UserError, match="polish.space"):
-        load_config(_front_config(tmp_path, tiny_llama_dir, data_dir,
+        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir,
                                   polish={"points": [0.5], "space": {"metric": {"name": "no-such-space"}}}))

@@ -14,6 +14,7 @@ from ..evaluation.perplexity import perplexity
 from ..pruning.methods import METHODS, plan_for_method
 from ..pruning.plan import PruningPlan
 from .candidate import mask_hash, score_candidate
+from .context import SearchContext
 from .driver import SearchState, directions_of
 
 log = logging.getLogger(__name__)
@@ -22,12 +23,12 @@ log = logging.getLogger(__name__)
 class HeldoutEvaluator:
     """Held-out perplexity of plans, memoised by mask hash (equal masks are evaluated once)."""
 
-    def __init__(self, state: SearchState):
-        self.state = state
+    def __init__(self, ctx: SearchContext):
+        self.ctx = ctx
         self.memo: dict[str, float] = {}
 
     def __call__(self, plan: PruningPlan) -> tuple[float, float, str]:
-        ctx = self.state.ctx
+        ctx = self.ctx
         result = ctx.apply(plan)
         digest = mask_hash(ctx, plan)
         if digest not in self.memo:
@@ -102,7 +103,7 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     With ``polished`` (the results of per-point polishing) the polished plans are the chosen ones,
     each compared with the baselines at its target sparsity."""
     cfg = state.config.final
-    heldout = HeldoutEvaluator(state)
+    heldout = HeldoutEvaluator(state.ctx)
     rows: list[dict] = []
     targets: dict[tuple, None] = {}
     bar = dict(disable=None if progress else True, leave=False)
@@ -135,9 +136,8 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     fidelity = fidelity_sample(state, heldout, progress=progress)
     state.ctx.restore()
     out = dict(rows=rows, fidelity=fidelity)
-    if polished:
-        out["polish"] = [{k: v for k, v in p.items() if k != "best"} | {"best": {k: v for k, v in (p.get("best") or {}).items()
-                                                                                  if k != "plan"}} for p in polished]
+    if polished:  # the summary of each point; the plans themselves are in the rows
+        out["polish"] = [{**p, "best": {k: v for k, v in (p.get("best") or {}).items() if k != "plan"}} for p in polished]
     return out
 
 

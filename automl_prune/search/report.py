@@ -41,9 +41,23 @@ def write_plans(study: optuna.Study, out: Path) -> list[Path]:
     return written
 
 
+def is_polished(row: dict) -> bool:
+    """A row of final.json that is a polished plan: a searched row with a target sparsity."""
+    return row["kind"] == "searched" and row.get("target") is not None
+
+
+def polished_rows(final: dict | None) -> list[dict]:
+    return [r for r in (final or {}).get("rows", []) if is_polished(r)]
+
+
+def baseline_ppl(final: dict | None, name: str = "wanda") -> dict:
+    """Held-out perplexity of the baseline ``name`` by target sparsity."""
+    return {r.get("target"): r["ppl"] for r in (final or {}).get("rows", []) if r["kind"] == "baseline" and r["name"] == name}
+
+
 def write_polished_plans(final: dict | None, out: Path) -> list[Path]:
     """polished/sparsity-S.yaml: the polished plan of each target sparsity (from final.json)."""
-    rows = [r for r in (final or {}).get("rows", []) if r["kind"] == "searched" and r.get("target") is not None]
+    rows = polished_rows(final)
     if rows:
         (out / "polished").mkdir(exist_ok=True)
     written = []
@@ -102,7 +116,7 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
     ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=10, alpha=0.35, label="trials")
     f = sorted((t for t in done if t.number in front), key=lambda t: t.values[1])
     ax.plot([t.values[1] for t in f], [t.values[0] for t in f], "o-", color="C3", label="Pareto front")
-    polished = [r for r in (final or {}).get("rows", []) if r["kind"] == "searched" and r.get("target") is not None]
+    polished = polished_rows(final)
     if polished:
         ax.scatter([r["values"][1] for r in polished], [r["values"][0] for r in polished], marker="*", s=120, color="C2",
                    zorder=3, label="polished")
@@ -116,7 +130,7 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
             groups: dict[str, list] = {}
             for r in final["rows"]:
                 if r["kind"] == kind:
-                    label = ("polished" if r.get("target") is not None else "front") if kind == "searched" else r["name"]
+                    label = ("polished" if is_polished(r) else "front") if kind == "searched" else r["name"]
                     groups.setdefault(label, []).append(r)
             for label, rows in groups.items():
                 rows = sorted(rows, key=lambda r: r["sparsity"])
@@ -146,10 +160,8 @@ def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: 
 
 def change_vs_baseline(final: dict | None, baseline: str = "wanda") -> list[tuple[float, float]]:
     """(target, % change of held-out perplexity) of each polished plan against ``baseline`` at its target."""
-    rows = (final or {}).get("rows", [])
-    base = {r.get("target"): r["ppl"] for r in rows if r["kind"] == "baseline" and r["name"] == baseline}
-    return sorted((r["target"], 100 * (r["ppl"] / base[r["target"]] - 1)) for r in rows
-                  if r["kind"] == "searched" and r.get("target") is not None and r["target"] in base)
+    base = baseline_ppl(final, baseline)
+    return sorted((r["target"], 100 * (r["ppl"] / base[r["target"]] - 1)) for r in polished_rows(final) if r["target"] in base)
 
 
 def plot_layerwise(plan: PruningPlan, n_blocks: int, out: Path) -> Path | None:
@@ -188,7 +200,7 @@ def headline(final: dict | None) -> list[str]:
     base = [r for r in rows if r["kind"] == "baseline"]
     out = []
     for r in (r for r in rows if r["kind"] == "searched"):
-        if r.get("target") is not None:  # polished plans: the baselines at the same target sparsity
+        if is_polished(r):  # the baselines at the same target sparsity
             peers = [b for b in base if b.get("target") == r["target"]]
         else:
             peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 0.01]
@@ -208,8 +220,8 @@ def polish_section(final: dict) -> list[str]:
     polish = final.get("polish") or []
     if not polish:
         return []
-    ppl = {r.get("target"): r["ppl"] for r in final["rows"] if r["kind"] == "searched" and r.get("target") is not None}
-    wanda = {r.get("target"): r["ppl"] for r in final["rows"] if r["kind"] == "baseline" and r["name"] == "wanda"}
+    ppl = {r["target"]: r["ppl"] for r in polished_rows(final)}
+    wanda = baseline_ppl(final, "wanda")
     name = polish[0].get("objective", "objective")
     lines = ["", "### Polishing", "",
              f"Each target sparsity got a short TPE with the sparsity fixed, scored by `{name}`, started from the named "
