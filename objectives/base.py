@@ -33,6 +33,10 @@ class Objective(ABC):
     def prepare(self, ctx: SearchContext) -> None:  # noqa: B027 - optional hook
         """Compute what every candidate shares (default: nothing)."""
 
+    def probe_windows_read(self) -> int | None:
+        """How many probe windows it reads, when it is told (None: all there are, or none)."""
+        return None
+
     @abstractmethod
     def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
         """The objective value of the pruned model."""

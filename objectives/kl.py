@@ -39,6 +39,9 @@ class KL(Objective):
         self.seqlen = check_positive_int(self.name, "seqlen", seqlen)
         self.batch_size = check_positive_int(self.name, "batch_size", batch_size)
 
+    def probe_windows_read(self) -> int | None:
+        return self.windows
+
     def _memo_key(self) -> tuple:
         return ("kl_dense", self.windows, self.seqlen, self.topk)
 

@@ -48,6 +48,9 @@ class ModelRecon(Objective):
         self.early_stop = bool(early_stop)
         self.partial_form = form if form.startswith("hidden_") else "hidden_cos"
 
+    def probe_windows_read(self) -> int | None:
+        return self.windows
+
     @property
     def _need_blocks(self) -> bool:
         return self.early_stop or self.form.startswith("hidden_")

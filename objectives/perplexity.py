@@ -59,6 +59,9 @@ class CalibPerplexity(Objective):
         self.seqlen = check_positive_int(self.name, "seqlen", seqlen)
         self.batch_size = check_positive_int(self.name, "batch_size", batch_size)
 
+    def probe_windows_read(self) -> int | None:
+        return self.windows
+
     def prepare(self, ctx: SearchContext) -> None:
         P.reference(ctx, self.windows, self.seqlen, batch_size=self.batch_size)
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -164,3 +166,14 @@ def test_polish_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
     bad = subprocess.run([*cmd[:-4], "--point", "0.6", "--results-dir", str(tmp_path / "results")], capture_output=True,
                          text=True, timeout=900)
     assert bad.returncode != 0 and "does not polish" in bad.stderr
+    # re-scoring on the polishing objective's own window reproduces the study's values; on 3 windows (the
+    # probe grown from 2) it gives other values, and the held-out figures of the first run are reused
+    for windows in (1, 3):
+        again = subprocess.run([*cmd, "--rescore-windows", str(windows)], capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        rescored = json.loads((tmp_path / "results" / "polish_fidelity_0.5.json").read_text())
+        assert [r["ppl"] for r in rescored["rows"]] == [r["ppl"] for r in report["rows"]]
+        assert rescored["rescore_windows"] == windows and "rescored" in rescored["scores"]
+        same = [r["rescored"] == pytest.approx(r["objective"], rel=1e-5) for r in rescored["rows"]]
+        assert all(same) if windows == 1 else not any(same)
+    assert "on 3 probe windows" in (tmp_path / "results" / "polish_fidelity_0.5.md").read_text()

@@ -79,6 +79,17 @@ class FinalConfig(_Strict):
     export_best: bool = False  # also write the pruned best model as an HF folder
 
 
+class ConfirmConfig(_Strict):
+    """Multi-fidelity selection at the end of a point's polishing: the ``top`` best distinct
+    candidates on the polishing objective, and uniform Wanda, are scored again by the polishing
+    objective on ``windows`` probe windows (None: every probe window); the best there is the
+    polished plan. Near a sparsity where every candidate sits within a fraction of a percent of
+    Wanda, the short TPE's best on few probe tokens is partly the probe's noise."""
+
+    top: int = Field(4, ge=1)
+    windows: int | None = Field(None, ge=1)
+
+
 class PolishConfig(_Strict):
     """Per-point polishing of a sparsity front: at each target sparsity in ``points``, a short
     single-objective TPE over the same space with the sparsity fixed, scored by ``objective``
@@ -92,6 +103,7 @@ class PolishConfig(_Strict):
     space: dict[str, Any] | None = None  # None: the front's space (its pattern is replaced by the target)
     seed: int = 0
     n_startup_trials: int = Field(4, ge=0)
+    confirm: ConfirmConfig | None = None  # re-score the best few on more probe windows before choosing
 
     @field_validator("points")
     @classmethod
@@ -188,21 +200,51 @@ def _check_names(config: StudyConfig) -> None:
     from search_spaces import make_space
 
     make_space(config.space)
-    for o in config.objectives:
-        make_objective(o.name, **o.params)
+    for i, o in enumerate(config.objectives):
+        _check_probe_windows(config, make_objective(o.name, **o.params), f"objectives[{i}].params.windows")
     if config.polish is not None:
         pattern = (config.space.get("pattern") or {}).get("name")
         if pattern != "sparsity":
             raise UserError("invalid config: field 'polish': polishing needs the sparsity as a decision variable "
                             f"(space.pattern.name: sparsity), not pattern {pattern!r}; remove 'polish' or change the pattern")
-        make_objective(config.polish.objective.name, **config.polish.objective.params)
         if config.polish.space is not None:
             try:
                 make_space({**config.polish.space, "pattern": {"name": "unstructured", "sparsity": 0.5}})
             except UserError as exc:
                 raise UserError(f"invalid config: field 'polish.space': {exc}") from None
+        polish = make_objective(config.polish.objective.name, **config.polish.objective.params)
+        _check_probe_windows(config, polish, "polish.objective.params.windows")
+        if config.polish.confirm is not None:
+            _check_confirm(config, polish)
     from .final import BASELINES
 
     unknown = [b for b in config.final.baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"invalid config: field 'final.baselines': unknown methods {unknown}; choose from {', '.join(BASELINES)}")
+
+
+def _check_probe_windows(config: StudyConfig, objective, field: str) -> None:
+    n = objective.probe_windows_read()
+    if n is not None and n > config.probe.nsamples:
+        raise UserError(f"invalid config: field '{field}': objective {objective.name!r} reads {n} probe windows but the "
+                        f"probe has {config.probe.nsamples} (probe.nsamples); raise probe.nsamples or lower {field}")
+
+
+def _check_confirm(config: StudyConfig, polish) -> None:
+    """The confirmation re-scores with the polishing objective on more probe windows than it had."""
+    from objectives import make_objective
+
+    have = polish.probe_windows_read() or config.probe.nsamples
+    want = config.polish.confirm.windows or config.probe.nsamples
+    field = "polish.confirm.windows"
+    try:
+        confirm = make_objective(polish.name, **{**config.polish.objective.params, "windows": want})
+    except UserError:
+        confirm = None
+    if confirm is None or confirm.probe_windows_read() != want:
+        raise UserError(f"invalid config: field 'polish.confirm': it re-scores on more probe windows, which objective "
+                        f"{polish.name!r} does not read; use a probe objective (kl, calib_ppl, model_recon) or remove 'polish.confirm'")
+    _check_probe_windows(config, confirm, field)
+    if want <= have:
+        raise UserError(f"invalid config: field '{field}': the confirmation reads {want} probe windows, no more than the "
+                        f"polishing objective's {have}; set polish.confirm.windows above {have} (and probe.nsamples with it)")

@@ -223,16 +223,25 @@ def polish_section(final: dict) -> list[str]:
     ppl = {r["target"]: r["ppl"] for r in polished_rows(final)}
     wanda = baseline_ppl(final, "wanda")
     name = polish[0].get("objective", "objective")
+    confirm = next((p["confirm"] for p in polish if p.get("confirm")), None)
     lines = ["", "### Polishing", "",
              f"Each target sparsity got a short TPE with the sparsity fixed, scored by `{name}`, started from the named "
-             "methods and the front's best trials there.", "",
-             f"| target | trials | best trial (start) | {name} best | {name} Wanda | held-out ppl | Wanda held-out ppl |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
+             "methods and the front's best trials there."
+             + ("" if confirm is None else f" Its best {confirm['top']} distinct candidates and uniform Wanda were then "
+                f"scored again by `{name}` on {confirm['windows']} probe windows (confirmation); the best there is the "
+                "polished plan."), ""]
+    extra = ("", "") if confirm is None else (f" confirmed best | confirmed Wanda |", "---:|---:|")
+    lines += [f"| target | trials | best trial (start) | {name} best | {name} Wanda |{extra[0]} held-out ppl | Wanda held-out ppl |",
+              f"|---:|---:|---|---:|---:|{extra[1]}---:|---:|"]
     for p in polish:
         b, w = p.get("best") or {}, p.get("wanda") or {}
         start = b.get("named_point") or (f"front trial {b['front_trial']}" if b.get("front_trial") is not None else "TPE")
+        cells = ""
+        if confirm is not None:
+            got = {c["trial"]: c["confirmed"] for c in (p.get("confirm") or {}).get("candidates", [])}
+            cells = f" {_fmt(got.get(b.get('trial')))} | {_fmt(got.get(w.get('trial')))} |"
         lines.append(f"| {p['point']:g} | {p.get('trials')} | {b.get('trial', '-')} ({start}) | {_fmt(b.get('value'))} | "
-                     f"{_fmt(w.get('value'))} | {_fmt(ppl.get(p['point']))} | {_fmt(wanda.get(p['point']))} |")
+                     f"{_fmt(w.get('value'))} |{cells} {_fmt(ppl.get(p['point']))} | {_fmt(wanda.get(p['point']))} |")
     return lines
 
 
@@ -278,7 +287,9 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
                   + (f"; {meta['search_seconds_total']:.0f} s over every run of this study." if
                      meta.get("search_seconds_total", 0) > meta["search_seconds"] + 1 else "."), ""]
     if meta.get("polish_seconds"):
-        lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s.", ""]
+        total = meta.get("polish_seconds_total", 0)
+        lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s this run"
+                  + (f"; {total:.0f} s over every run of this study." if total > meta["polish_seconds"] + 1 else "."), ""]
     if final:
         lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |",
                   "|---|---|" + "---:|" * len(names) + "---:|---:|"]

@@ -62,6 +62,8 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
         polished = polish_front(state, out, progress=progress)
         if polished:
             meta["polish_seconds"] = round(time.perf_counter() - start, 1)
+            meta["polish_seconds_total"] = round(before.get("polish_seconds_total", before.get("polish_seconds", 0.0))
+                                                 + meta["polish_seconds"], 1)
             (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
         result = final_comparison(state, polished=polished, progress=progress)
         (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
