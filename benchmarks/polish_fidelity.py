@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 from automl_prune.pruning.plan import PruningPlan
+from automl_prune.search.candidate import score_candidate
 from automl_prune.search.config import load_config
 from automl_prune.search.driver import storage_url
-from automl_prune.search.candidate import score_candidate
 from automl_prune.search.final import HeldoutEvaluator
 from automl_prune.search.polish import polish_study_name
 from automl_prune.search.setup import build_context
@@ -85,7 +85,8 @@ def main() -> None:
     wanda = next((r for r in rows if r["start"] == "wanda"), None)
     beat = sorted((r for r in rows if wanda is not None and r["ppl"] < wanda["ppl"]), key=lambda r: r["ppl"])
     name = config.polish.objective.name
-    scores = {"objective": f"`{name}` ({config.probe.nsamples} probe windows)"}
+    read = config.polish.objective.params.get("windows") or config.probe.nsamples
+    scores = {"objective": f"`{name}` ({read} probe windows)"}
     if rescore is not None:
         scores["rescored"] = f"`{name}` on {args.rescore_windows} probe windows"
     summary = {key: dict(label=label, spearman=spearman(rows, key), best=min(rows, key=lambda r: r[key]))
