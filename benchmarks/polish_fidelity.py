@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.search.candidate import score_candidate
-from automl_prune.search.config import load_config
+from automl_prune.search.config import load_config, on_windows
 from automl_prune.search.driver import storage_url
 from automl_prune.search.final import HeldoutEvaluator
 from automl_prune.search.polish import polish_study_name
@@ -65,7 +65,8 @@ def main() -> None:
     if args.rescore_windows is not None:
         from objectives import make_objective
 
-        rescore = make_objective(config.polish.objective.name, **{**config.polish.objective.params, "windows": args.rescore_windows})
+        spec = on_windows(config.polish.objective, args.rescore_windows)
+        rescore = make_objective(spec.name, **spec.params)
         rescore.prepare(ctx)
     rows = []
     for t in trials:

@@ -230,15 +230,27 @@ def _check_probe_windows(config: StudyConfig, objective, field: str) -> None:
                         f"probe has {config.probe.nsamples} (probe.nsamples); raise probe.nsamples or lower {field}")
 
 
+def on_windows(objective: ObjectiveConfig, windows: int) -> ObjectiveConfig:
+    """The same objective read on the first ``windows`` probe windows."""
+    return objective.model_copy(update={"params": {**objective.params, "windows": windows}})
+
+
+def confirm_objective(config: StudyConfig) -> ObjectiveConfig:
+    """The polishing objective as the confirmation reads it (``polish.confirm.windows``, default
+    every probe window)."""
+    return on_windows(config.polish.objective, config.polish.confirm.windows or config.probe.nsamples)
+
+
 def _check_confirm(config: StudyConfig, polish) -> None:
     """The confirmation re-scores with the polishing objective on more probe windows than it had."""
     from objectives import make_objective
 
     have = polish.probe_windows_read() or config.probe.nsamples
-    want = config.polish.confirm.windows or config.probe.nsamples
+    spec = confirm_objective(config)
+    want = spec.params["windows"]
     field = "polish.confirm.windows"
     try:
-        confirm = make_objective(polish.name, **{**config.polish.objective.params, "windows": want})
+        confirm = make_objective(spec.name, **spec.params)
     except UserError:
         confirm = None
     if confirm is None or confirm.probe_windows_read() != want:

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from .config import confirm_objective
 from .driver import FINISHED, SearchState, evaluate_trial, storage_url, study_name
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, conf
     wanda = next((t for t in complete if t.user_attrs.get("named_point") == "wanda"), None)
     confirmed = None
     if confirm is not None:
-        confirmed = confirm_point(state.ctx, study, complete, confirm, top=cfg.confirm.top, sign=sign)
+        confirmed = confirm_point(state.ctx, study, confirm_candidates(complete, wanda, cfg.confirm.top, sign), confirm)
         if confirmed:
             chosen = min(confirmed, key=lambda c: (sign * c["confirmed"], sign * c["value"]))["trial"]
             best = next(t for t in complete if t.number == chosen)
@@ -129,22 +130,22 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, conf
                    dict(confirm=dict(windows=confirm.probe_windows_read(), top=cfg.confirm.top, candidates=confirmed))))
 
 
-def confirm_candidates(complete: list, top: int, sign: float) -> list:
-    """The ``top`` best trials with distinct masks on the polishing objective, and uniform Wanda."""
+def confirm_candidates(complete: list, wanda, top: int, sign: float) -> list:
+    """The ``top`` best trials with distinct masks on the polishing objective, and ``wanda`` (the
+    uniform Wanda trial, when there is one)."""
     out, seen = [], set()
     for t in sorted(complete, key=lambda t: sign * t.value):
         key = t.user_attrs.get("mask_hash") or t.number
         if key not in seen and len(out) < top:
             seen.add(key)
             out.append(t)
-    wanda = next((t for t in complete if t.user_attrs.get("named_point") == "wanda"), None)
     if wanda is not None and (wanda.user_attrs.get("mask_hash") or wanda.number) not in seen:
         out.append(wanda)
     return out
 
 
-def confirm_point(ctx, study: optuna.Study, complete: list, objective, *, top: int, sign: float) -> list[dict]:
-    """Score the best few candidates and Wanda again with ``objective`` (more probe windows).
+def confirm_point(ctx, study: optuna.Study, candidates: list, objective) -> list[dict]:
+    """Score ``candidates`` (the best few and Wanda) again with ``objective`` (more probe windows).
 
     The values are kept in the study's user attributes (``confirmed``, by trial number, for one
     objective setting), so a re-run does not score them again. A candidate that fails is left out."""
@@ -155,7 +156,7 @@ def confirm_point(ctx, study: optuna.Study, complete: list, objective, *, top: i
     stored = study.user_attrs.get("confirmed") or {}
     values = dict(stored.get("values") or {}) if stored.get("objective") == spec else {}
     rows = []
-    for t in confirm_candidates(complete, top, sign):
+    for t in candidates:
         key = str(t.number)
         if key not in values:
             try:
@@ -179,8 +180,8 @@ def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> lis
     objective.prepare(state.ctx)
     confirm = None
     if cfg.confirm is not None:
-        windows = cfg.confirm.windows or state.config.probe.nsamples
-        confirm = make_objective(cfg.objective.name, **{**cfg.objective.params, "windows": windows})
+        spec = confirm_objective(state.config)
+        confirm = make_objective(spec.name, **spec.params)
         confirm.prepare(state.ctx)
     results = []
     for point in cfg.points:

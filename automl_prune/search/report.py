@@ -245,6 +245,12 @@ def polish_section(final: dict) -> list[str]:
     return lines
 
 
+def _over_every_run(meta: dict, key: str) -> str:
+    """"; T s over every run of this study." when ``<key>_total`` exceeds this run's ``key``."""
+    total = meta.get(f"{key}_total", 0)
+    return f"; {total:.0f} s over every run of this study." if total > meta[key] + 1 else "."
+
+
 def searcher_text(searcher: dict | None) -> str:
     """The searcher with the settings that apply to it (population for NSGA-III, startup trials for TPE)."""
     if not searcher:
@@ -284,12 +290,10 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
         rate = meta.get("candidates_per_minute")
         lines += [f"Search time {meta['search_seconds']:.0f} s this run ({meta.get('trials_this_run', 0)} trials"
                   + (f", {rate:.1f} candidates/min)" if rate else ")")
-                  + (f"; {meta['search_seconds_total']:.0f} s over every run of this study." if
-                     meta.get("search_seconds_total", 0) > meta["search_seconds"] + 1 else "."), ""]
+                  + _over_every_run(meta, "search_seconds"), ""]
     if meta.get("polish_seconds"):
-        total = meta.get("polish_seconds_total", 0)
         lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s this run"
-                  + (f"; {total:.0f} s over every run of this study." if total > meta["polish_seconds"] + 1 else "."), ""]
+                  + _over_every_run(meta, "polish_seconds"), ""]
     if final:
         lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |",
                   "|---|---|" + "---:|" * len(names) + "---:|---:|"]

@@ -54,7 +54,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
                 executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
-                search_seconds_total=round(before.get("search_seconds_total", before.get("search_seconds", 0.0)) + seconds, 1))
+                search_seconds_total=running_total(before, "search_seconds", seconds))
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     result = None
     if final:
@@ -62,10 +62,15 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
         polished = polish_front(state, out, progress=progress)
         if polished:
             meta["polish_seconds"] = round(time.perf_counter() - start, 1)
-            meta["polish_seconds_total"] = round(before.get("polish_seconds_total", before.get("polish_seconds", 0.0))
-                                                 + meta["polish_seconds"], 1)
+            meta["polish_seconds_total"] = running_total(before, "polish_seconds", meta["polish_seconds"])
             (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
         result = final_comparison(state, polished=polished, progress=progress)
         (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
     ctx.restore()
     return write_outputs(study, out, [o.name for o in config.objectives], meta, result)
+
+
+def running_total(before: dict, key: str, seconds: float) -> float:
+    """``key`` summed over every run of a study: the earlier meta.json's total (or its single
+    figure, from before totals were kept) plus this run's ``seconds``."""
+    return round(before.get(f"{key}_total", before.get(key, 0.0)) + seconds, 1)
