@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_OWN_CACHE: list[Path] = []
+
+
+def pytest_configure(config):
+    """Every test, subprocess and Ray worker caches under one temporary folder (GGUF conversions,
+    statistics), never the user's ~/.cache/automl-prune: $AUTOML_PRUNE_CACHE is set for the session
+    ($AUTOML_PRUNE_TEST_CACHE names a folder to keep between sessions instead)."""
+    keep = os.environ.get("AUTOML_PRUNE_TEST_CACHE")
+    if keep:
+        root = Path(keep)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="automl-prune-test-cache-"))
+        _OWN_CACHE.append(root)
+    os.environ["AUTOML_PRUNE_CACHE"] = str(root)
+
+
+def pytest_unconfigure(config):
+    for root in _OWN_CACHE:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def shared_data_dir() -> Path | None:
@@ -44,10 +65,9 @@ def smollm2_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def session_cache(tmp_path_factory) -> Path:
-    """A cache folder for the whole session: GGUF conversions and statistics."""
-    env = os.environ.get("AUTOML_PRUNE_TEST_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("automl-prune-cache")
+def session_cache() -> Path:
+    """The session's cache folder (GGUF conversions and statistics): $AUTOML_PRUNE_CACHE as set above."""
+    return Path(os.environ["AUTOML_PRUNE_CACHE"])
 
 
 @pytest.fixture(scope="session")

@@ -282,3 +282,31 @@ def test_objectives_read_no_more_probe_windows_than_the_probe_has(tmp_path, tiny
         load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir,
                                       polish={"points": [0.5], "objective": {"name": "calib_ppl", "params": {"windows": 5}}}))
     assert load_config(_config(tmp_path, tiny_llama_dir, data_dir, objectives=[{"name": "kl", "params": {"windows": 2}}]))
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga3", "random", "pymoo-nsga3"])
+def test_every_searchers_sampler_pickles_and_keeps_sampling(name, tmp_path):
+    """Ray Tune pickles the sampler with the Tuner's state (Optuna 5.1's NSGA-III holds a lock)."""
+    import pickle
+
+    from automl_prune.search.config import StudyConfig
+    from automl_prune.search.driver import make_sampler
+
+    config = StudyConfig.model_validate({"searcher": {"name": name, "seed": 3},
+                                         "space": {"metric": {"name": "bawa"}, "pattern": {"name": "unstructured", "sparsity": 0.5}}})
+    sampler = pickle.loads(pickle.dumps(make_sampler(config)))
+    directions = ["minimize", "minimize"] if "nsga3" in name else ["minimize"]
+    study = optuna.create_study(directions=directions, sampler=sampler)
+    study.optimize(lambda t: [t.suggest_float("x", 0, 1)] * len(directions), n_trials=6)
+    assert len(study.trials) == 6
+    pickle.loads(pickle.dumps(study.sampler))  # after use too
+
+
+def test_report_says_when_the_timeout_cut_the_budget_and_reads_history_on_a_log_axis():
+    from automl_prune.search.report import budget_lines, history_scale
+
+    cut = " ".join(budget_lines({"budget": {"trials": 80, "timeout": 360.0}, "stopped_by": "timeout", "finished_trials": 62}))
+    assert "timeout (360 s) after 62 of 80 trials" in cut and "Run the same command again" in cut
+    assert "spent" in " ".join(budget_lines({"budget": {"trials": 80}, "stopped_by": "trials", "finished_trials": 80}))
+    assert history_scale([1.2, 1.3, 400.0]) == "log" and history_scale([1.2, 1.3, 1.5]) == "linear"
+    assert history_scale([-1.0, 2.0]) == "linear"

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .blocks import BlockRunner
 from .stats import LinearStats
@@ -103,7 +103,7 @@ def capture_statistics(
         raise ValueError(f"mode must be 'one-shot' or 'sequential', not {mode!r}")
     indices = list(range(len(runner.blocks))) if blocks is None else list(blocks)
     result: list[BlockStats] = []
-    bar = tqdm(indices, desc=f"calibration ({mode})", unit="block", disable=None if progress else True, leave=False)
+    bar = progress_bar(indices, desc=f"calibration ({mode})", unit="block", enabled=progress, leave=False)
     for i in bar:
         block = runner.blocks[i]
         stats = _collect(runner, i, linears_of(block), with_gram, keep_outputs=(mode == "one-shot"))

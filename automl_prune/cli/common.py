@@ -30,11 +30,12 @@ def add_data_dir_option(p: argparse.ArgumentParser) -> None:
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration (defaults follow the papers: c4, 128 x 2048, seed 0)")
-    g.add_argument("--calib", default="c4", metavar="NAME",
-                   help="c4, wikitext2, wiki-offline, a local .txt/.jsonl/.json file or folder, or an HF dataset id")
+    g.add_argument("--calib", default=None, metavar="NAME",
+                   help="c4, wikitext2, wiki-offline, a local .txt/.jsonl/.json file or folder, or an HF dataset id "
+                        "(default c4; with --plan, the calibration the plan records)")
     g.add_argument("--nsamples", type=int, default=None, metavar="N", help="calibration windows (default 128; 32 with --quick)")
     g.add_argument("--seqlen", type=int, default=None, metavar="L", help="tokens per window (default 2048; 512 with --quick)")
-    g.add_argument("--seed", type=int, default=0, metavar="K", help="sampling seed (default 0)")
+    g.add_argument("--seed", type=int, default=None, metavar="K", help="sampling seed (default 0)")
     g.add_argument("--calib-split", default=None, metavar="SPLIT", help="split of an HF dataset id")
     g.add_argument("--text-field", default=None, metavar="FIELD", help="text field of a .jsonl/.json file or HF dataset")
     g.add_argument("--batch-size", type=int, default=4, metavar="B", help="windows per forward during calibration (default 4)")
@@ -42,10 +43,12 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
                    help="CPU-friendly settings: 32 x 512 calibration, evaluation on 16 windows of 1024 tokens")
 
 
-def add_eval_options(p: argparse.ArgumentParser, *, flag: str = "--eval", default: str = "wikitext2") -> None:
+def add_eval_options(p: argparse.ArgumentParser, *, flag: str = "--eval", default: str | None = "wikitext2") -> None:
+    """``default=None``: the command fills the source itself (prune: the plan's held-out text, else wikitext2)."""
     g = p.add_argument_group("evaluation")
     g.add_argument(flag, dest="eval", default=default, metavar="NAMES",
-                   help=f"comma-separated held-out sources: wikitext2, c4, wiki-offline, local files (default {default})")
+                   help="comma-separated held-out sources: wikitext2, c4, wiki-offline, local files (default "
+                        + (default or "wikitext2; with --plan, the held-out text the plan records") + ")")
     g.add_argument("--eval-seqlen", type=int, default=None, metavar="L", help="evaluation window length (default 2048; 1024 with --quick)")
     g.add_argument("--eval-windows", type=int, default=None, metavar="N", help="evaluate only the first N windows (default all; 16 with --quick)")
 
@@ -53,7 +56,7 @@ def add_eval_options(p: argparse.ArgumentParser, *, flag: str = "--eval", defaul
 def resolve_quick(args: argparse.Namespace) -> None:
     """Fill unset sizes from the paper defaults or, with --quick, the CPU-friendly ones."""
     quick = getattr(args, "quick", False)
-    defaults = QUICK if quick else dict(nsamples=128, seqlen=2048, eval_seqlen=2048, eval_windows=None)
+    defaults = dict(QUICK if quick else dict(nsamples=128, seqlen=2048, eval_seqlen=2048, eval_windows=None), calib="c4", seed=0)
     for name, value in defaults.items():
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, value)

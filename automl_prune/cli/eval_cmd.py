@@ -35,7 +35,8 @@ def register(sub) -> None:
     z.add_argument("--zero-shot-batch-size", type=int, default=8, metavar="B", help="requests per forward (default 8)")
     z.add_argument("--backend", default="builtin", choices=["builtin", "lm-eval"],
                    help="builtin scorer (default), or lm_eval.simple_evaluate on the in-memory model (needs lm_eval)")
-    p.add_argument("--json", metavar="FILE", help="write the results here (default: print to stdout)")
+    p.add_argument("--json", metavar="FILE", help="write every detail as JSON here ('-': to stdout); without it a "
+                                                "short summary is printed")
     p.set_defaults(func=run)
 
 
@@ -84,11 +85,30 @@ def run(args: argparse.Namespace) -> int:
     if zs is not None:
         report["zero_shot"] = zs
     text = json.dumps(report, indent=2, default=str)
-    if args.json:
-        Path(args.json).write_text(text)
-    else:
+    if args.json == "-":
         print(text)
+    else:
+        if args.json:
+            Path(args.json).write_text(text)
+        print(summary(report, args.json))
     return 0
+
+
+def summary(report: dict, json_path: str | None) -> str:
+    """What a person reads: the model, its sparsity, one line per perplexity source, the zero-shot average."""
+    model = report["model"]
+    lines = [f"model {model.get('spec', '?')} ({model.get('n_params', 0) / 1e6:.1f}M parameters), "
+             f"sparsity of the prunable layers {report['sparsity_of_prunable_layers']:.2%}"]
+    for source, r in report["results"].items():
+        kl = f", KL to dense {r['kl']['kl']:.4f}" if "kl" in r else ""
+        lines.append(f"{source}: perplexity {r['ppl']:.3f} over {r['n_windows']} x {r['seqlen']} tokens{kl}")
+    zs = report.get("zero_shot")
+    if zs:
+        avg = zs.get("average") or {}
+        lines.append(f"zero-shot average ({len(zs['tasks'])} tasks): acc {avg.get('acc', float('nan')):.4f}"
+                     + (f", acc_norm {avg['acc_norm']:.4f}" if "acc_norm" in avg else ""))
+    lines.append(f"details: {json_path}" if json_path else "details (data, settings, versions): add --json FILE (or --json - for stdout)")
+    return "\n".join(lines)
 
 
 def _zero_shot_options(args: argparse.Namespace) -> dict | None:

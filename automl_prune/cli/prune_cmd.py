@@ -34,7 +34,7 @@ def register(sub) -> None:
                       "input-channel order (RIA); lsa adds linear-sum-assignment refinement (slower)")
     common.add_calibration_options(p)
     common.add_data_dir_option(p)
-    common.add_eval_options(p)
+    common.add_eval_options(p, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
     p.add_argument("--kl", action="store_true", help="also report KL(dense || pruned) on the evaluation windows")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the statistics cache")
@@ -60,6 +60,33 @@ def build_plan(args: argparse.Namespace) -> PruningPlan:
                            refine=args.refine, permute=args.permute)
 
 
+def plan_defaults(args: argparse.Namespace, plan: PruningPlan) -> list[str]:
+    """Fill the calibration and evaluation settings not given on the command line from what the
+    plan records (a search's best.yaml does), so the prune computes the statistics the plan was
+    scored on. Returns what was taken from the plan, for the log. ``--quick`` counts as given."""
+    if args.quick:
+        common.resolve_quick(args)
+    taken = []
+    c, h = plan.calibration, plan.heldout
+    if c is not None:
+        for arg, value in (("calib", c.source), ("nsamples", c.nsamples), ("seqlen", c.seqlen), ("seed", c.seed),
+                           ("calib_split", c.split), ("text_field", c.text_field)):
+            if getattr(args, arg) is None and value is not None:
+                setattr(args, arg, value)
+                taken.append(arg)
+        if args.data_dir is None and c.data_dir and Path(c.data_dir).is_dir():
+            args.data_dir = c.data_dir
+            taken.append("data_dir")
+    if h is not None and args.eval is None:
+        args.eval = h.source
+        taken.append("eval")
+        for arg, value in (("eval_seqlen", h.seqlen), ("eval_windows", h.windows)):
+            if getattr(args, arg) is None:
+                setattr(args, arg, value)
+                taken.append(arg)
+    return taken
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import calibration_windows, evaluation_windows
     from ..evaluation.kl import kl_to_dense
@@ -70,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import environment
     from ..pruning.apply import needs_statistics, prune_model
 
-    common.resolve_quick(args)
     plan = build_plan(args)  # fail on a bad plan before loading anything
-    sources = [] if args.no_eval else common.eval_sources(args.eval)
+    from_plan = plan_defaults(args, plan)
+    common.resolve_quick(args)
+    sources = [] if args.no_eval else common.eval_sources(args.eval or "wikitext2")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "plan.yaml").exists():
         raise UserError(f"output folder {out} exists and is not an automl-prune export; choose an empty or new folder")
@@ -82,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     bos = common.use_bos(args, model)
     print(f"model: {args.model} ({loaded.info.get('n_params', 0) / 1e6:.1f}M parameters, {loaded.info['model_type']}, {device})")
     print(f"plan:  {plan.describe()}")
+    if from_plan:
+        print(f"from the plan file: calibration {args.calib} {args.nsamples} x {args.seqlen}, seed {args.seed}"
+              + (f", data dir {args.data_dir}" if "data_dir" in from_plan else "")
+              + (f"; evaluation {args.eval} seqlen {args.eval_seqlen}" if "eval" in from_plan else "")
+              + " (command-line flags override)")
 
     calib = None
     if needs_statistics(plan):

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 
 @contextlib.contextmanager
@@ -35,7 +35,7 @@ def kl_to_dense(model: nn.Module, modules: dict[str, nn.Linear], dense: dict[str
     """Mean per-token KL(dense || pruned) over the windows; ``dense`` maps module names to dense weights."""
     start = time.perf_counter()
     total, count = 0.0, 0
-    for i in tqdm(range(input_ids.shape[0]), desc="kl", unit="window", disable=None if progress else True, leave=False):
+    for i in progress_bar(range(input_ids.shape[0]), desc="kl", unit="window", enabled=progress, leave=False):
         ids = input_ids[i : i + 1].to(device)
         logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
         with swapped_weights(modules, dense):

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def perplexity(model: nn.Module, input_ids: torch.Tensor, *, batch_size: int = 1
     """Perplexity over windows ``input_ids`` (n, seqlen): every window contributes seqlen - 1 predictions."""
     start = time.perf_counter()
     total, count = 0.0, 0
-    for s in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch", disable=None if progress else True, leave=False):
+    for s in progress_bar(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch", enabled=progress, leave=False):
         nll, n = window_nll(model, input_ids[s : s + batch_size].to(device))
         total, count = total + nll, count + n
     mean = total / max(count, 1)

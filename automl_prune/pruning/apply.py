@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..calibration.blocks import BlockRunner
 from ..calibration.capture import BlockStats, capture_statistics
@@ -91,7 +91,7 @@ def prune_model(
                                         cache_dir=cache_dir, use_cache=use_cache, windows_info=windows_info, progress=progress)
             stats = computed.stats
             result.info["calibration"] = computed.info
-        for i, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=None if progress else True, leave=False)):
+        for i, block in enumerate(progress_bar(blocks, desc="pruning", unit="block", enabled=progress, leave=False)):
             prune_block(i, block, stats[i] if stats is not None else {})
     result.info["seconds"] = round(time.perf_counter() - start, 3)
     result.info["mode"] = plan.mode

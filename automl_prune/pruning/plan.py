@@ -52,8 +52,34 @@ class DsnotOptions(BaseModel):
     skip: list[str] = ["mlp"]
 
 
+class PlanCalibration(BaseModel):
+    """The calibration a plan was found with (written by a search into best.yaml and the other plan
+    files): ``automl-prune prune --plan`` takes these as its defaults, so the prune computes the
+    statistics the search scored the plan on; command-line flags still override. ``data_dir`` is a
+    hint (the folder the search read), used when no --data-dir is given and the folder exists."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    nsamples: int = Field(ge=1)
+    seqlen: int = Field(ge=1)
+    seed: int = 0
+    split: str | None = None
+    text_field: str | None = None
+    data_dir: str | None = None
+
+
+class PlanHeldout(BaseModel):
+    """The held-out text the search compared plans on; the prune command evaluates on it by default."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    seqlen: int = Field(ge=1)
+    windows: int | None = Field(None, ge=1)
+
+
 #: fields written to YAML only when they differ from their defaults (plans stay short)
-_QUIET_DEFAULTS = {"refine": "none", "permute": "none", "admm": AdmmOptions().model_dump(), "dsnot": DsnotOptions().model_dump()}
+_QUIET_DEFAULTS = {"refine": "none", "permute": "none", "admm": AdmmOptions().model_dump(), "dsnot": DsnotOptions().model_dump(),
+                   "calibration": None, "heldout": None}
 
 
 class PruningPlan(BaseModel):
@@ -78,6 +104,9 @@ class PruningPlan(BaseModel):
     permute: Permute = "none"
     admm: AdmmOptions = AdmmOptions()
     dsnot: DsnotOptions = DsnotOptions()
+    #: where the plan came from (a search's calibration and held-out text); not part of what is pruned
+    calibration: PlanCalibration | None = None
+    heldout: PlanHeldout | None = None
 
     @field_validator("metric", mode="before")
     @classmethod

@@ -138,6 +138,13 @@ class StudyConfig(_Strict):
     calibration: CalibrationConfig = CalibrationConfig()
     probe: ProbeConfig = ProbeConfig()
     heldout: HeldoutConfig = HeldoutConfig()
+
+    def plan_origin(self) -> dict:
+        """What every plan file of this study records of where it came from: the calibration (so
+        ``prune --plan`` computes the statistics the plan was scored on) and the held-out text."""
+        data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
+        return {"calibration": {**self.calibration.model_dump(), "data_dir": data_dir},
+                "heldout": self.heldout.model_dump()}
     space: dict[str, Any] = {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
                              "pattern": {"name": "unstructured", "sparsity": 0.5}}
     objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="layer_recon")]

@@ -8,6 +8,7 @@ values already measured are reused for candidates with the same canonical form o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import UserError
 from .config import StudyConfig
@@ -54,12 +55,27 @@ class SearchState:
         return b.timeout is None or time.perf_counter() - self.started < b.timeout
 
 
+class NSGA3Sampler(optuna.samplers.NSGAIIISampler):
+    """Optuna's NSGA-III sampler, picklable: since Optuna 5.1 its generation cache holds a
+    ``threading.Lock``, which Ray Tune cannot pickle with the Tuner's state. A copy gets a new lock
+    (the cache it guards is rebuilt from the study on first use)."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     s = config.searcher
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
     if s.name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(population_size=s.population, seed=s.seed)
+        return NSGA3Sampler(population_size=s.population, seed=s.seed)
     # random, and pymoo-nsga3 (pymoo proposes every candidate; the study only records them)
     return optuna.samplers.RandomSampler(seed=s.seed)
 
@@ -165,7 +181,7 @@ def optuna_loop(state: SearchState, progress: bool = True) -> None:
 
 def _bar(state: SearchState, progress: bool):
     total = state.config.budget.trials
-    bar = tqdm(total=total, initial=state.finished(), desc="search", unit="trial", disable=None if progress else True)
+    bar = progress_bar(total=total, initial=state.finished(), desc="search", unit="trial", enabled=progress)
     return bar
 
 

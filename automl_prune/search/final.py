@@ -8,7 +8,7 @@ import logging
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..evaluation.perplexity import perplexity
 from ..pruning.methods import METHODS, plan_for_method
@@ -106,9 +106,9 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     heldout = HeldoutEvaluator(state.ctx)
     rows: list[dict] = []
     targets: dict[tuple, None] = {}
-    bar = dict(disable=None if progress else True, leave=False)
+    bar = dict(enabled=progress, leave=False)
     if polished:
-        for p in tqdm([p for p in polished if p.get("best")], desc="final: polished plans", **bar):
+        for p in progress_bar([p for p in polished if p.get("best")], desc="final: polished plans", **bar):
             plan = PruningPlan.from_dict(p["best"]["plan"])
             values = score_candidate(state.ctx, plan, state.objectives).values
             ppl, realised, _ = heldout(plan)
@@ -116,14 +116,14 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
                              ppl=ppl, sparsity=realised, plan=plan.to_dict(), target=p["point"]))
             targets[(p["point"], "unstructured")] = None
     else:
-        for t in tqdm(chosen_trials(state), desc="final: best plans", **bar):
+        for t in progress_bar(chosen_trials(state), desc="final: best plans", **bar):
             plan = PruningPlan.from_dict(t.user_attrs["plan"])
             ppl, realised, _ = heldout(plan)
             rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
-                             sparsity=realised, plan=plan.to_dict()))
+                             sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point")))
             targets[_target(plan, realised)] = None
     for sparsity, pattern in targets:
-        for method in tqdm(cfg.baselines, desc="final: baselines", **bar):
+        for method in progress_bar(cfg.baselines, desc="final: baselines", **bar):
             try:
                 plan = baseline_plan(method, sparsity, pattern, state)
                 values = score_candidate(state.ctx, plan, state.objectives).values
@@ -155,7 +155,7 @@ def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: 
     idx = np.unique(np.linspace(0, len(pool) - 1, min(k, len(pool))).round().astype(int))
     sample = [pool[i] for i in idx]
     ppl = []
-    for t in tqdm(sample, desc="final: fidelity", disable=None if progress else True, leave=False):
+    for t in progress_bar(sample, desc="final: fidelity", enabled=progress, leave=False):
         ppl.append(heldout(PruningPlan.from_dict(t.user_attrs["plan"]))[0])
     out = dict(n=len(sample), trials=[t.number for t in sample], heldout_ppl=ppl, spearman={})
     for j, objective in enumerate(state.objectives):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import UserError
 from .config import confirm_objective
@@ -103,7 +103,7 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, conf
     sub = SearchState(config=config, study=study, space=space, profile=state.profile, objectives=[objective], ctx=state.ctx)
     dists = space.distributions()
     done = lambda: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))  # noqa: E731
-    bar = tqdm(total=cfg.trials, initial=done(), desc=f"polish {point:g}", unit="trial", disable=None if progress else True,
+    bar = progress_bar(total=cfg.trials, initial=done(), desc=f"polish {point:g}", unit="trial", enabled=progress,
                leave=False)
     while done() < cfg.trials:
         evaluate_trial(sub, study.ask(dists))

@@ -20,7 +20,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import UserError
 from .driver import SearchState, directions_of, make_sampler, storage_url, study_name
@@ -128,7 +128,7 @@ def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
     root = Path(cfg.ray.storage_path or out / "ray").resolve()
     root.mkdir(parents=True, exist_ok=True)
     name, restore = _experiment(root)
-    bar = tqdm(total=remaining, desc="search (ray)", unit="trial", disable=None if progress else True)
+    bar = progress_bar(total=remaining, desc="search (ray)", unit="trial", enabled=progress)
     callbacks = [_Progress(bar)]
     if restore:
         log.info("continuing the interrupted Ray run %s", root / name)

@@ -22,8 +22,13 @@ def write_trials_csv(study: optuna.Study, out: Path) -> None:
     df.drop(columns=drop).to_csv(out / "trials.csv", index=False)
 
 
-def write_plans(study: optuna.Study, out: Path) -> list[Path]:
-    """best.yaml (single objective) or pareto/trial-N.yaml (several)."""
+def _plan_file(plan: dict, origin: dict | None) -> PruningPlan:
+    """A plan as its file records it: with the study's calibration and held-out text (``origin``)."""
+    return PruningPlan.from_dict({**plan, **(origin or {})})
+
+
+def write_plans(study: optuna.Study, out: Path, origin: dict | None = None) -> list[Path]:
+    """best.yaml (single objective) or pareto/trial-N.yaml (several), each with the study's ``origin``."""
     done = [t for t in study.best_trials if "plan" in t.user_attrs] if study.trials else []
     written = []
     if len(study.directions) == 1:
@@ -31,12 +36,12 @@ def write_plans(study: optuna.Study, out: Path) -> list[Path]:
             best = study.best_trial
         except ValueError:
             return []
-        PruningPlan.from_dict(best.user_attrs["plan"]).save(out / "best.yaml")
+        _plan_file(best.user_attrs["plan"], origin).save(out / "best.yaml")
         return [out / "best.yaml"]
     (out / "pareto").mkdir(exist_ok=True)
     for t in done:
         path = out / "pareto" / f"trial-{t.number}.yaml"
-        PruningPlan.from_dict(t.user_attrs["plan"]).save(path)
+        _plan_file(t.user_attrs["plan"], origin).save(path)
         written.append(path)
     return written
 
@@ -55,7 +60,7 @@ def baseline_ppl(final: dict | None, name: str = "wanda") -> dict:
     return {r.get("target"): r["ppl"] for r in (final or {}).get("rows", []) if r["kind"] == "baseline" and r["name"] == name}
 
 
-def write_polished_plans(final: dict | None, out: Path) -> list[Path]:
+def write_polished_plans(final: dict | None, out: Path, origin: dict | None = None) -> list[Path]:
     """polished/sparsity-S.yaml: the polished plan of each target sparsity (from final.json)."""
     rows = polished_rows(final)
     if rows:
@@ -63,7 +68,7 @@ def write_polished_plans(final: dict | None, out: Path) -> list[Path]:
     written = []
     for r in rows:
         path = out / "polished" / f"sparsity-{r['target']:g}.yaml"
-        PruningPlan.from_dict(r["plan"]).save(path)
+        _plan_file(r["plan"], origin).save(path)
         written.append(path)
     return written
 
@@ -81,6 +86,14 @@ def plot_history(study: optuna.Study, names: list[str], out: Path) -> Path | Non
     xs = [t.number for t in done]
     ys = [t.values[0] for t in done]
     ax.scatter(xs, ys, s=12, alpha=0.6, label="trial")
+    named = [t for t in done if t.user_attrs.get("named_point")]
+    if named:
+        ax.scatter([t.number for t in named], [t.values[0] for t in named], marker="D", s=36, facecolors="none",
+                   edgecolors="black", zorder=3, label="named point")
+        for t in named:
+            ax.annotate(t.user_attrs["named_point"], (t.number, t.values[0]), xytext=(4, 3), textcoords="offset points",
+                        fontsize=7)
+    ax.set_yscale(history_scale(ys))
     if len(study.directions) == 1:
         better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
         run, best = [], None
@@ -97,6 +110,14 @@ def plot_history(study: optuna.Study, names: list[str], out: Path) -> Path | Non
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def history_scale(values: list[float]) -> str:
+    """``log`` when a few outliers would squash every other trial into one band on a linear axis
+    (positive values spanning more than 10x), else ``linear``."""
+    if not values or min(values) <= 0:
+        return "linear"
+    return "log" if max(values) / min(values) > 10 else "linear"
 
 
 def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: Path) -> Path | None:
@@ -185,11 +206,17 @@ def plot_layerwise(plan: PruningPlan, n_blocks: int, out: Path) -> Path | None:
 
 
 def _fmt(v) -> str:
+    """Objective values, everywhere at one precision: 6 significant digits (near-ties stay visible)."""
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.6g}"
     return str(v)
+
+
+def row_label(r: dict) -> str:
+    """A searched row's name, saying when the chosen trial is one of the named points the study started from."""
+    return f"{r['name']} (named point {r['named_point']})" if r.get("named_point") else r["name"]
 
 
 def headline(final: dict | None) -> list[str]:
@@ -205,13 +232,17 @@ def headline(final: dict | None) -> list[str]:
         else:
             peers = [b for b in base if abs(b["sparsity"] - r["sparsity"]) < 0.01]
         if not peers:
-            out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f} (no baseline at this sparsity).")
+            out.append(f"**{row_label(r)}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f} (no baseline at this sparsity).")
             continue
         best = min(peers, key=lambda b: b["ppl"])
         change = 100 * (r["ppl"] / best["ppl"] - 1)
         verdict = "better than" if r["ppl"] < best["ppl"] else ("the same as" if r["ppl"] == best["ppl"] else "worse than")
-        out.append(f"**{r['name']}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f}, {verdict} the best "
-                   f"named method ({best['name']}, {best['ppl']:.3f}; {change:+.1f}%).")
+        line = (f"**{row_label(r)}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f}, {verdict} the best "
+                f"named method ({best['name']}, {best['ppl']:.3f}; {change:+.1f}%).")
+        if r.get("named_point"):
+            line += (f" The search found no candidate better on its objective than the named point {r['named_point']} "
+                     "it started from.")
+        out.append(line)
     return [" ".join(out), ""] if len(out) == 1 else [*(f"- {line}" for line in out), ""]
 
 
@@ -243,6 +274,41 @@ def polish_section(final: dict) -> list[str]:
         lines.append(f"| {p['point']:g} | {p.get('trials')} | {b.get('trial', '-')} ({start}) | {_fmt(b.get('value'))} | "
                      f"{_fmt(w.get('value'))} |{cells} {_fmt(ppl.get(p['point']))} | {_fmt(wanda.get(p['point']))} |")
     return lines
+
+
+def budget_lines(meta: dict) -> list[str]:
+    """Whether the trial budget was spent or this run's timeout cut it, and how to continue."""
+    budget, stopped, n = meta.get("budget") or {}, meta.get("stopped_by"), meta.get("finished_trials")
+    if stopped == "timeout" and budget.get("trials"):
+        return [f"**The search stopped at this run's timeout ({budget['timeout']:.0f} s) after {n} of {budget['trials']} "
+                "trials.** Run the same command again to continue the study where it stopped (finished trials are "
+                "kept), or give a larger --timeout.", ""]
+    if stopped == "timeout":
+        return [f"The search ran for its timeout ({budget.get('timeout', 0):.0f} s): {n} trials. Run the same command "
+                "again to continue the study.", ""]
+    if stopped == "trials":
+        return [f"The trial budget ({budget['trials']}) is spent; a larger --trials extends the study.", ""]
+    return []
+
+
+def diagnostic_note(final: dict) -> str:
+    """What the fidelity sample is (a diagnostic, never a selection) and what it shows against the baseline."""
+    fid = final.get("fidelity") or {}
+    searched = [r for r in final.get("rows", []) if r["kind"] == "searched" and not is_polished(r)]
+    base = [r for r in final.get("rows", []) if r["kind"] == "baseline"
+            and any(abs(r["sparsity"] - s["sparsity"]) < 0.01 for s in searched)]
+    text = ("These trials were evaluated on held-out text only to measure how well the objective ranks plans: a "
+            "diagnostic, never a selection (choosing among them by held-out perplexity would select on the test text); "
+            "the plan chosen above is the objective's best.")
+    ppl = fid.get("heldout_ppl") or []
+    if base and ppl:
+        best = min(base, key=lambda r: r["ppl"])
+        beat = sum(p < best["ppl"] for p in ppl)
+        text += (f" {beat} of the {len(ppl)} sampled trials have a lower held-out perplexity than {best['name']} "
+                 f"({best['ppl']:.3f})" + (": the objective does not tell the best candidates apart; a slower, more "
+                                           "faithful selection step (e.g. KL on more probe tokens) is what finds them."
+                                           if beat and searched and searched[0]["ppl"] >= best["ppl"] else "."))
+    return text
 
 
 def _over_every_run(meta: dict, key: str) -> str:
@@ -286,6 +352,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
               f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.FAIL]} failed, "
               f"{states[TrialState.PRUNED]} stopped early; {reused} reused stored values (same canonical form or masks) "
               f"instead of being scored again.", ""]
+    lines += budget_lines(meta)
     if meta.get("search_seconds") is not None:
         rate = meta.get("candidates_per_minute")
         lines += [f"Search time {meta['search_seconds']:.0f} s this run ({meta.get('trials_this_run', 0)} trials"
@@ -295,10 +362,13 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
         lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s this run"
                   + _over_every_run(meta, "polish_seconds"), ""]
     if final:
+        if final.get("from_earlier_run"):
+            lines += ["The held-out comparison below is from an earlier run of this study (final.json; this run used "
+                      "--no-final): trials added since are not in it.", ""]
         lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |",
                   "|---|---|" + "---:|" * len(names) + "---:|---:|"]
         for r in sorted(final["rows"], key=lambda r: (r["sparsity"], r["ppl"])):
-            lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(_fmt(v) for v in r["values"]) +
+            lines.append(f"| {row_label(r) if r['kind'] == 'searched' else r['name']} | {r['kind']} | " + " | ".join(_fmt(v) for v in r["values"]) +
                          f" | {r['ppl']:.3f} | {r['sparsity']:.4f} |")
         lines += polish_section(final)
         fid = final.get("fidelity") or {}
@@ -306,6 +376,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
         if fid.get("spearman"):
             lines += [f"Spearman rank correlation over {fid['n']} trials spread across the objective's range: " +
                       ", ".join(f"{k} {_fmt(v)}" for k, v in fid["spearman"].items()) + ".", ""]
+            lines += [diagnostic_note(final), ""]
         else:
             lines += [f"Not measured: {fid.get('note', 'no sample')}.", ""]
     lines += ["## Plots", ""]
@@ -329,13 +400,15 @@ def rebuild(out: Path) -> Path:
     study = optuna.load_study(study_name=config.study_name or "automl-prune", storage=storage)
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else None
-    return write_outputs(study, out, [o.name for o in config.objectives], meta, final)
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, final, origin=config.plan_origin())
 
 
-def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None) -> Path:
+def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None,
+                  origin: dict | None = None) -> Path:
+    """Every output of a search folder; plan files record ``origin`` (``StudyConfig.plan_origin``)."""
     write_trials_csv(study, out)
-    plans = write_plans(study, out)
-    write_polished_plans(final, out)
+    plans = write_plans(study, out, origin)
+    write_polished_plans(final, out, origin)
     plot_history(study, names, out)
     plot_pareto(study, names, final, out)
     if len(study.directions) == 1 and plans:

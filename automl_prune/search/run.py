@@ -39,6 +39,8 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
         for name, point in space.named_points().items():
             study.enqueue_trial(point, user_attrs={"named_point": name})
     start = time.perf_counter()
+    log.info("search: %s on the %s executor, %d trials finished so far, budget %s trials / %s s", config.searcher.name,
+             config.executor, state.finished(), config.budget.trials, config.budget.timeout)
     if config.executor == "ray":
         from .ray_executor import ray_loop
 
@@ -51,12 +53,19 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
         optuna_loop(state, progress=progress)
     seconds = time.perf_counter() - start
     before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    finished = state.finished()
     meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
+                budget=config.budget.model_dump(), finished_trials=finished, stopped_by=stopped_by(config, finished),
                 executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
                 search_seconds_total=running_total(before, "search_seconds", seconds))
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    log.info("search: %d trials this run in %.0f s, %d finished in the study (%s)", state.new_trials, seconds, finished,
+             meta["stopped_by"])
     result = None
+    if not final and (out / "final.json").exists():
+        result = json.loads((out / "final.json").read_text())  # --no-final keeps the earlier comparison
+        result["from_earlier_run"] = True
     if final:
         start = time.perf_counter()
         polished = polish_front(state, out, progress=progress)
@@ -64,10 +73,19 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
             meta["polish_seconds"] = round(time.perf_counter() - start, 1)
             meta["polish_seconds_total"] = running_total(before, "polish_seconds", meta["polish_seconds"])
             (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        log.info("final comparison on held-out %s: the chosen plans and the baselines %s", config.heldout.source,
+                 ", ".join(config.final.baselines))
         result = final_comparison(state, polished=polished, progress=progress)
         (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
     ctx.restore()
-    return write_outputs(study, out, [o.name for o in config.objectives], meta, result)
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin())
+
+
+def stopped_by(config: StudyConfig, finished: int) -> str:
+    """Why the search loop ended: ``trials`` (the study's trial budget is spent) or ``timeout``
+    (this run's seconds were; the study resumes where it stopped)."""
+    trials = config.budget.trials
+    return "trials" if trials is not None and finished >= trials else "timeout"
 
 
 def running_total(before: dict, key: str, seconds: float) -> float:

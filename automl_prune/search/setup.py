@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool = True) -> SearchContext:
     """The loaded context of a study: dense one-shot statistics with Gram matrices (cached on disk
     unless ``use_cache`` is False)."""
+    start = time.perf_counter()
     loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
+    log.info("model %s loaded (%.1fM parameters, %s, %.0f s)", config.model, loaded.info.get("n_params", 0) / 1e6, device,
+             time.perf_counter() - start)
     bos = needs_bos(model)
     c = config.calibration
     calib = calibration_windows(c.source, tok, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed, data_dir=config.data_dir,
@@ -30,6 +33,8 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
                                 text_field=c.text_field if p.source is None else None, bos=bos)
     h = config.heldout
     heldout = evaluation_windows(h.source, tok, seqlen=h.seqlen, max_windows=h.windows, data_dir=config.data_dir, bos=bos)
+    log.info("calibration %s %d x %d, probe %d x %d, held-out %s %d x %d; statistics next", c.source, c.nsamples, c.seqlen,
+             p.nsamples, p.seqlen, h.source, heldout.input_ids.shape[0], h.seqlen)
     stats = dense_statistics(model, calib.input_ids, with_gram=True, device=device, cache_dir=config.cache_dir,
                              use_cache=use_cache, windows_info=calib.info, progress=progress)
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
@@ -62,4 +67,5 @@ def load_search(config: StudyConfig, space, objectives: list, *, progress: bool 
     for objective in objectives:
         objective.prepare(ctx)
     ctx.info["objectives_prepare_seconds"] = round(time.perf_counter() - start, 3)
+    log.info("objectives prepared (%s; %.0f s)", ", ".join(o.name for o in objectives), time.perf_counter() - start)
     return ctx, profile, space

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ...progress import progress_bar
 
 Request = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 
@@ -86,7 +86,7 @@ def loglikelihoods(model: nn.Module, requests: Sequence[Request], *, batch_size:
     unique = sorted(rows, key=len, reverse=True)  # longest first (stable: ties keep their first-seen order)
     out: list[tuple[float, bool] | None] = [None] * len(requests)
     batches = [unique[s : s + batch_size] for s in range(0, len(unique), batch_size)]
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True, leave=False):
+    for batch in progress_bar(batches, desc=desc, unit="batch", enabled=progress, leave=False):
         width = max(len(x) for x in batch)
         ids = torch.zeros((len(batch), width), dtype=torch.long)
         for r, inp in enumerate(batch):
