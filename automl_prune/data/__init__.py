@@ -6,9 +6,9 @@ lead sections, local text files or Hugging Face datasets, following the Wanda/Sp
     windows.info              # provenance, JSON-serialisable, with windows_sha256
 """
 
-from automl_prune.data.api import calibration_windows, evaluation_windows
+from automl_prune.data.api import calibration_windows, evaluation_windows, fresh_windows
 from automl_prune.data.sources import DATA_DIR_ENV, KNOWN_SOURCES, resolve_data_dir
 from automl_prune.data.windows import TokenWindows
 
-__all__ = ["DATA_DIR_ENV", "KNOWN_SOURCES", "TokenWindows", "calibration_windows", "evaluation_windows",
+__all__ = ["DATA_DIR_ENV", "KNOWN_SOURCES", "TokenWindows", "calibration_windows", "evaluation_windows", "fresh_windows",
            "resolve_data_dir"]

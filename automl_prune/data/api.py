@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 from automl_prune.data.sources import Corpus, resolve_corpus
-from automl_prune.data.windows import (DocumentTokens, TokenWindows, make_encoder, sample_documents, sample_stream,
-                                       split_stream, stack_windows, windows_sha256)
+from automl_prune.data.windows import (DocumentTokens, TokenWindows, document_positions, make_encoder, sample_documents,
+                                       sample_stream, split_stream, stack_windows, stream_positions, windows_sha256)
 from automl_prune.errors import UserError
 
 # Every info dict carries all of these keys (None where a key does not apply), in this order.
@@ -43,6 +43,46 @@ def calibration_windows(source: str | os.PathLike, tokenizer: Any, *, nsamples: 
         stream = encode(corpus.joiner.join(corpus.documents))
         windows, available = sample_stream(stream, nsamples=nsamples, length=length, seed=seed), stream.numel()
     return _finish(windows, tokenizer, corpus, purpose="calibration", source=source, sampler=sampler, seed=seed,
+                   seqlen=seqlen, nsamples=nsamples, bos=bos, tokens_available=available)
+
+
+def fresh_windows(source: str | os.PathLike, tokenizer: Any, *, nsamples: int, seqlen: int, seed: int,
+                  avoid: list[dict], data_dir: str | os.PathLike | None = None, split: str | None = None,
+                  text_field: str | None = None, bos: bool = False) -> TokenWindows:
+    """``nsamples`` calibration-domain windows that overlap none of the windows drawn by the
+    sampler settings in ``avoid`` (each ``{nsamples, seqlen, seed}`` of the same source: the
+    calibration and probe windows), nor each other: what a selection stage reads, so a plan is
+    never chosen on text its statistics or its fast objective saw. Same sampler as
+    :func:`calibration_windows`; a draw that overlaps is drawn again."""
+    source = os.fspath(source)
+    _check_positive(seqlen=seqlen, nsamples=nsamples)
+    corpus = resolve_corpus(source, "calibration", data_dir=data_dir, split=split, text_field=text_field)
+    encode = make_encoder(tokenizer, bos)
+    length = _text_length(seqlen, bos)
+    tokens = DocumentTokens(corpus.documents, encode)
+    sampler = corpus.sampler
+    if sampler == "auto":
+        sampler = "documents" if len(tokens) > 1 and tokens.any_longer_than(length) else "stream"
+        for a in avoid:
+            other = "documents" if len(tokens) > 1 and tokens.any_longer_than(_text_length(a["seqlen"], bos)) else "stream"
+            if other != sampler:
+                raise UserError(f"windows of {seqlen} tokens of {source} are drawn by the {sampler} sampler but those of "
+                                f"{a['seqlen']} tokens by the {other} sampler, so they cannot be kept apart; use the "
+                                "calibration's seqlen for the selection windows")
+    if sampler == "documents":
+        taken = [(d, st, _text_length(a["seqlen"], bos)) for a in avoid
+                 for d, st in document_positions(tokens, nsamples=a["nsamples"], length=_text_length(a["seqlen"], bos),
+                                                 seed=a["seed"])]
+        positions = document_positions(tokens, nsamples=nsamples, length=length, seed=seed, exclude=taken)
+        windows, available = [tokens[d][st:st + length] for d, st in positions], None
+    else:
+        stream = encode(corpus.joiner.join(corpus.documents))
+        taken = [(st, _text_length(a["seqlen"], bos)) for a in avoid
+                 for st in stream_positions(stream.numel(), nsamples=a["nsamples"], length=_text_length(a["seqlen"], bos),
+                                            seed=a["seed"])]
+        starts = stream_positions(stream.numel(), nsamples=nsamples, length=length, seed=seed, exclude=taken)
+        windows, available = [stream[st:st + length] for st in starts], stream.numel()
+    return _finish(windows, tokenizer, corpus, purpose="selection", source=source, sampler=sampler, seed=seed,
                    seqlen=seqlen, nsamples=nsamples, bos=bos, tokens_available=available)
 
 

@@ -81,26 +81,69 @@ def sample_documents(tokens: DocumentTokens, *, nsamples: int, length: int, seed
     The random draws and the windows are those of the reference loop, which re-tokenizes the
     drawn document on every draw; here each document is tokenized at most once.
     """
+    return [tokens[d][s:s + length] for d, s in document_positions(tokens, nsamples=nsamples, length=length, seed=seed)]
+
+
+def document_positions(tokens: DocumentTokens, *, nsamples: int, length: int, seed: int,
+                       exclude: Sequence[tuple[int, int, int]] = ()) -> list[tuple[int, int]]:
+    """(document, start) of each window :func:`sample_documents` draws. With ``exclude`` (document,
+    start, length of windows drawn for something else), a draw that overlaps one of them, or an
+    earlier window of this call, is drawn again: fresh windows disjoint from those."""
     if not tokens.any_longer_than(length):
         raise UserError(f"no document is longer than {length} tokens, so no calibration window fits; "
                         "use a shorter seqlen or a source with longer documents.")
     rng = random.Random(seed)
-    windows = []
-    for _ in range(nsamples):
+    taken = [tuple(e) for e in exclude]
+    out: list[tuple[int, int]] = []
+    tries = 0
+    while len(out) < nsamples:
         while True:
-            ids = tokens[rng.randint(0, len(tokens) - 1)]
-            if ids.numel() > length:
+            doc = rng.randint(0, len(tokens) - 1)
+            if tokens[doc].numel() > length:
                 break
-        start = rng.randint(0, ids.numel() - length - 1)
-        windows.append(ids[start:start + length])
-    return windows
+        start = rng.randint(0, tokens[doc].numel() - length - 1)
+        if exclude:
+            tries += 1
+            if tries > 200 * nsamples:
+                raise UserError(f"the text holds too few windows of {length} tokens that overlap none of the "
+                                f"calibration and probe windows ({len(out)} of {nsamples} found); use fewer tokens "
+                                "per selection stage or a source with more text.")
+            if any(d == doc and start < s + n and s < start + length for d, s, n in taken):
+                continue
+            taken.append((doc, start, length))
+        out.append((doc, start))
+    return out
+
+
+def stream_positions(stream_length: int, *, nsamples: int, length: int, seed: int,
+                     exclude: Sequence[tuple[int, int]] = ()) -> list[int]:
+    """Starts of the windows :func:`sample_stream` draws; with ``exclude`` ((start, length) of other
+    windows), fresh windows that overlap none of them nor each other."""
+    if stream_length <= length:
+        raise UserError(f"the text has only {stream_length} tokens, too short for one window of {length} "
+                        "text tokens; use a shorter seqlen or more text.")
+    rng = random.Random(seed)
+    taken = [tuple(e) for e in exclude]
+    out: list[int] = []
+    tries = 0
+    while len(out) < nsamples:
+        start = rng.randint(0, stream_length - length - 1)
+        if exclude:
+            tries += 1
+            if tries > 200 * nsamples:
+                raise UserError(f"the text holds too few windows of {length} tokens that overlap none of the "
+                                f"calibration and probe windows ({len(out)} of {nsamples} found); use fewer tokens "
+                                "per selection stage or a source with more text.")
+            if any(start < s + n and s < start + length for s, n in taken):
+                continue
+            taken.append((start, length))
+        out.append(start)
+    return out
 
 
 def sample_stream(stream: torch.Tensor, *, nsamples: int, length: int, seed: int) -> list[torch.Tensor]:
     """Wanda/SparseGPT ``get_wikitext2`` trainloader: random offsets into one token stream."""
-    check_stream(stream, length)
-    rng = random.Random(seed)
-    starts = [rng.randint(0, stream.numel() - length - 1) for _ in range(nsamples)]
+    starts = stream_positions(stream.numel(), nsamples=nsamples, length=length, seed=seed)
     return [stream[s:s + length] for s in starts]
 
 

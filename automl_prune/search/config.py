@@ -115,6 +115,45 @@ class PolishConfig(_Strict):
         return sorted(v)
 
 
+class StageConfig(_Strict):
+    """One selection stage: every candidate it scores reads the same ``tokens`` fresh tokens; the
+    ``keep`` best go on to the next stage."""
+
+    tokens: int = Field(ge=2)
+    keep: int = Field(ge=1)
+
+
+class SelectionConfig(_Strict):
+    """Multi-fidelity selection (EvoPress's multi-step selection) after the search: the fast
+    objective's ``candidates`` best distinct trials, and the named points, are scored by
+    ``objective`` on the first stage's tokens; its ``keep`` best go on to the next stage on more
+    tokens, and so on; the last stage's best is the selected plan. Each stage reads windows drawn
+    fresh (seed ``seed + stage``) from the calibration source that overlap none of the calibration
+    and probe windows (never the held-out text); every candidate of a stage reads the same windows
+    (paired comparisons); the dense reference is computed once per stage. Stage values are kept in
+    the study, so a re-run scores only what is missing."""
+
+    stages: list[StageConfig] = Field(min_length=1)
+    objective: ObjectiveConfig = ObjectiveConfig(name="kl", params={"topk": 512})
+    candidates: int = Field(32, ge=1)
+    seqlen: int | None = Field(None, ge=8)  # tokens per window (default: the probe's seqlen)
+    seed: int = 100
+
+    @model_validator(mode="after")
+    def _stages(self) -> "SelectionConfig":
+        tokens = [s.tokens for s in self.stages]
+        keep = [s.keep for s in self.stages]
+        if any(b <= a for a, b in zip(tokens, tokens[1:])):
+            raise ValueError(f"stages must read more tokens each: {tokens}")
+        if any(b >= a for a, b in zip(keep, keep[1:])):
+            raise ValueError(f"stages must keep fewer candidates each: {keep}")
+        if keep[0] > self.candidates:
+            raise ValueError(f"the first stage keeps {keep[0]} of {self.candidates} candidates; raise candidates")
+        if "windows" in self.objective.params or "seqlen" in self.objective.params:
+            raise ValueError("the stages decide the windows the objective reads: drop objective.params windows/seqlen")
+        return self
+
+
 class RayConfig(_Strict):
     """The Ray Tune executor: where to run and what each trial asks for."""
 
@@ -139,12 +178,6 @@ class StudyConfig(_Strict):
     probe: ProbeConfig = ProbeConfig()
     heldout: HeldoutConfig = HeldoutConfig()
 
-    def plan_origin(self) -> dict:
-        """What every plan file of this study records of where it came from: the calibration (so
-        ``prune --plan`` computes the statistics the plan was scored on) and the held-out text."""
-        data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
-        return {"calibration": {**self.calibration.model_dump(), "data_dir": data_dir},
-                "heldout": self.heldout.model_dump()}
     space: dict[str, Any] = {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
                              "pattern": {"name": "unstructured", "sparsity": 0.5}}
     objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="layer_recon")]
@@ -156,6 +189,14 @@ class StudyConfig(_Strict):
     study_name: str | None = None
     final: FinalConfig = FinalConfig()
     polish: PolishConfig | None = None  # sparsity fronts only: see PolishConfig
+    selection: SelectionConfig | None = None  # multi-fidelity selection after the search: see SelectionConfig
+
+    def plan_origin(self) -> dict:
+        """What every plan file of this study records of where it came from: the calibration (so
+        ``prune --plan`` computes the statistics the plan was scored on) and the held-out text."""
+        data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
+        return {"calibration": {**self.calibration.model_dump(), "data_dir": data_dir},
+                "heldout": self.heldout.model_dump()}
 
     @field_validator("objectives")
     @classmethod
@@ -223,6 +264,8 @@ def _check_names(config: StudyConfig) -> None:
         _check_probe_windows(config, polish, "polish.objective.params.windows")
         if config.polish.confirm is not None:
             _check_confirm(config, polish)
+    if config.selection is not None:
+        _check_selection(config)
     from .final import BASELINES
 
     unknown = [b for b in config.final.baselines if b not in BASELINES]
@@ -267,3 +310,34 @@ def _check_confirm(config: StudyConfig, polish) -> None:
     if want <= have:
         raise UserError(f"invalid config: field '{field}': the confirmation reads {want} probe windows, no more than the "
                         f"polishing objective's {have}; set polish.confirm.windows above {have} (and probe.nsamples with it)")
+
+
+def selection_seqlen(config: StudyConfig, tokens: int) -> tuple[int, int]:
+    """(windows, seqlen) of a selection stage reading ``tokens`` tokens."""
+    seqlen = min(config.selection.seqlen or config.probe.seqlen, tokens)
+    return tokens // seqlen, seqlen
+
+
+def _check_selection(config: StudyConfig) -> None:
+    """A selection objective that reads probe windows, one search objective, whole windows per stage."""
+    from objectives import make_objective
+
+    sel = config.selection
+    if len(config.objectives) != 1:
+        raise UserError("invalid config: field 'selection': multi-fidelity selection chooses among the candidates of "
+                        "one objective; this study has several (selection per front point is not built yet)")
+    if config.polish is not None:
+        raise UserError("invalid config: field 'selection': a polished sparsity front has its own confirmation "
+                        "(polish.confirm); use one of the two")
+    try:
+        objective = make_objective(sel.objective.name, **{**sel.objective.params, "windows": 1})
+    except UserError:
+        objective = None
+    if objective is None or objective.probe_windows_read() != 1:
+        raise UserError(f"invalid config: field 'selection.objective': {sel.objective.name!r} does not read probe "
+                        "windows; use kl, calib_ppl or model_recon")
+    for i, stage in enumerate(sel.stages):
+        _, seqlen = selection_seqlen(config, stage.tokens)
+        if stage.tokens % seqlen:
+            raise UserError(f"invalid config: field 'selection.stages[{i}].tokens': {stage.tokens} is not a whole "
+                            f"number of windows of {seqlen} tokens; use a multiple of {seqlen}")

@@ -98,10 +98,23 @@ def baseline_plan(method: str, sparsity: float | None, pattern: str, state: Sear
     return space.decode(space.named_points()[label], profile)
 
 
-def final_comparison(state: SearchState, *, polished: list[dict] | None = None, progress: bool = True) -> dict:
+def selection_trials(state: SearchState, selection: dict) -> list[tuple[FrozenTrial, str]]:
+    """The plan the stages selected and the fast objective's best (when it differs): what the
+    selection bought is their held-out difference."""
+    by_number = {t.number: t for t in state.study.get_trials(deepcopy=False)}
+    out = [(by_number[selection["selected"]], "selection stages")]
+    if selection["fast_best"] != selection["selected"]:
+        out.append((by_number[selection["fast_best"]], "fast objective"))
+    return out
+
+
+def final_comparison(state: SearchState, *, polished: list[dict] | None = None, selection: dict | None = None,
+                     progress: bool = True) -> dict:
     """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample.
     With ``polished`` (the results of per-point polishing) the polished plans are the chosen ones,
-    each compared with the baselines at its target sparsity."""
+    each compared with the baselines at its target sparsity. With ``selection`` (multi-fidelity
+    selection) the selected plan and the fast objective's best are the chosen ones, and each
+    stage's rank correlation with held-out perplexity is measured over its candidates."""
     cfg = state.config.final
     heldout = HeldoutEvaluator(state.ctx)
     rows: list[dict] = []
@@ -116,11 +129,13 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
                              ppl=ppl, sparsity=realised, plan=plan.to_dict(), target=p["point"]))
             targets[(p["point"], "unstructured")] = None
     else:
-        for t in progress_bar(chosen_trials(state), desc="final: best plans", **bar):
+        chosen = selection_trials(state, selection) if selection else [(t, None) for t in chosen_trials(state)]
+        for t, by in progress_bar(chosen, desc="final: best plans", **bar):
             plan = PruningPlan.from_dict(t.user_attrs["plan"])
             ppl, realised, _ = heldout(plan)
             rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
-                             sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point")))
+                             sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point"),
+                             **({"selected_by": by} if by else {})))
             targets[_target(plan, realised)] = None
     for sparsity, pattern in targets:
         for method in progress_bar(cfg.baselines, desc="final: baselines", **bar):
@@ -134,8 +149,10 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
             rows.append(dict(kind="baseline", name=method, values=values, ppl=ppl, sparsity=realised, plan=plan.to_dict(),
                              target=sparsity))
     fidelity = fidelity_sample(state, heldout, progress=progress)
-    state.ctx.restore()
     out = dict(rows=rows, fidelity=fidelity)
+    if selection:
+        out["selection"] = {**selection, "fidelity": stage_fidelity(state, selection, heldout, progress=progress)}
+    state.ctx.restore()
     if polished:  # the summary of each point; the plans themselves are in the rows
         out["polish"] = [{**p, "best": {k: v for k, v in (p.get("best") or {}).items() if k != "plan"}} for p in polished]
     return out
@@ -162,3 +179,33 @@ def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: 
         rho = spearmanr([t.values[j] for t in sample], ppl).statistic
         out["spearman"][objective.name] = None if np.isnan(rho) else float(rho)
     return out
+
+
+def stage_fidelity(state: SearchState, selection: dict, heldout: HeldoutEvaluator, *, progress: bool = True) -> dict:
+    """Held-out perplexity of the last stage's candidates and of ``final.fidelity_sample`` of the
+    first stage's, spread over its ranking (a diagnostic, never a selection); then, per stage and
+    for the fast objective, the Spearman correlation with it over the candidates it scored."""
+    stages = selection["stages"]
+    if not stages:
+        return dict(note="no stage ran")
+    first = [c["trial"] for c in stages[0]["candidates"]]
+    k = state.config.final.fidelity_sample
+    idx = np.unique(np.linspace(0, len(first) - 1, min(k, len(first))).round().astype(int)) if k and first else []
+    wanted = list(dict.fromkeys([c["trial"] for c in stages[-1]["candidates"]] + [first[i] for i in idx]))
+    by_number = {t.number: t for t in state.study.get_trials(deepcopy=False)}
+    ppl = {}
+    for n in progress_bar(wanted, desc="final: selection fidelity", enabled=progress, leave=False):
+        ppl[n] = heldout(PruningPlan.from_dict(by_number[n].user_attrs["plan"]))[0]
+
+    def rho(pairs: list[tuple[float, float]]) -> float | None:
+        if len(pairs) < 3:
+            return None
+        r = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+        return None if np.isnan(r) else float(r)
+
+    rows = []
+    for st in stages:
+        pairs = [(c["value"], ppl[c["trial"]]) for c in st["candidates"] if c["trial"] in ppl]
+        fast = [(c["fast"], ppl[c["trial"]]) for c in st["candidates"] if c["trial"] in ppl]
+        rows.append(dict(stage=st["stage"], n=len(pairs), spearman=rho(pairs), fast_spearman=rho(fast)))
+    return dict(heldout_ppl={str(n): v for n, v in ppl.items()}, stages=rows)

@@ -36,6 +36,9 @@ def write_plans(study: optuna.Study, out: Path, origin: dict | None = None) -> l
             best = study.best_trial
         except ValueError:
             return []
+        selected = study.user_attrs.get("selected_trial")  # multi-fidelity selection chose another trial
+        if selected is not None:
+            best = study.get_trials(deepcopy=False)[selected]
         _plan_file(best.user_attrs["plan"], origin).save(out / "best.yaml")
         return [out / "best.yaml"]
     (out / "pareto").mkdir(exist_ok=True)
@@ -215,8 +218,12 @@ def _fmt(v) -> str:
 
 
 def row_label(r: dict) -> str:
-    """A searched row's name, saying when the chosen trial is one of the named points the study started from."""
-    return f"{r['name']} (named point {r['named_point']})" if r.get("named_point") else r["name"]
+    """A searched row's name, saying when the chosen trial is one of the named points the study
+    started from, and which step chose it (the selection stages or the fast objective alone)."""
+    notes = [f"named point {r['named_point']}"] if r.get("named_point") else []
+    if r.get("selected_by"):
+        notes.append("selected by the stages" if r["selected_by"] == "selection stages" else "the fast objective's best")
+    return f"{r['name']} ({', '.join(notes)})" if notes else r["name"]
 
 
 def headline(final: dict | None) -> list[str]:
@@ -239,7 +246,9 @@ def headline(final: dict | None) -> list[str]:
         verdict = "better than" if r["ppl"] < best["ppl"] else ("the same as" if r["ppl"] == best["ppl"] else "worse than")
         line = (f"**{row_label(r)}**: held-out perplexity {r['ppl']:.3f} at sparsity {r['sparsity']:.4f}, {verdict} the best "
                 f"named method ({best['name']}, {best['ppl']:.3f}; {change:+.1f}%).")
-        if r.get("named_point"):
+        if r.get("named_point") and r.get("selected_by") == "selection stages":
+            line += f" The selection stages found no candidate better than the named point {r['named_point']}."
+        elif r.get("named_point"):
             line += (f" The search found no candidate better on its objective than the named point {r['named_point']} "
                      "it started from.")
         out.append(line)
@@ -311,6 +320,41 @@ def diagnostic_note(final: dict) -> str:
     return text
 
 
+def selection_section(final: dict) -> list[str]:
+    """Multi-fidelity selection: each stage's tokens, candidates, kept, best, and its rank
+    correlation with held-out perplexity; then what the selection bought, held out."""
+    sel = final.get("selection")
+    if not sel:
+        return []
+    obj = sel["objective"]["name"]
+    fid = {r["stage"]: r for r in (sel.get("fidelity") or {}).get("stages", [])}
+    lines = ["", "### Selection", "",
+             f"The fast objective's {sel['pool']} best distinct candidates and the named points were scored again by "
+             f"`{obj}` in stages on fresh calibration-domain tokens (overlapping none of the calibration and probe "
+             "windows; every candidate of a stage on the same windows); the best of the last stage is the selected plan. "
+             f"Selection took {sel.get('seconds', 0):.0f} s.", "",
+             f"| stage | tokens (windows x seqlen) | candidates | kept | best trial | best {obj} | Spearman with held-out "
+             "(stage / fast objective, n) |", "|---:|---|---:|---:|---:|---:|---|"]
+    for st in sel["stages"]:
+        f = fid.get(st["stage"], {})
+        best = st["candidates"][0] if st["candidates"] else {}
+        lines.append(f"| {st['stage']} | {st['tokens']} ({st['windows']} x {st['seqlen']}) | {len(st['candidates'])} | "
+                     f"{len(st['kept'])} | {best.get('trial', '-')} | {_fmt(best.get('value'))} | "
+                     f"{_fmt(f.get('spearman'))} / {_fmt(f.get('fast_spearman'))}, {f.get('n', 0)} |")
+    rows = {r.get("selected_by"): r for r in final.get("rows", []) if r.get("selected_by")}
+    picked, fast = rows.get("selection stages"), rows.get("fast objective")
+    lines.append("")
+    if picked and fast:
+        change = 100 * (picked["ppl"] / fast["ppl"] - 1)
+        lines.append(f"What the selection bought: trial {picked['trial']} (selected) {picked['ppl']:.3f} against trial "
+                     f"{fast['trial']} (the fast objective's best) {fast['ppl']:.3f} held out ({change:+.1f}%).")
+    elif picked:
+        lines.append(f"The stages selected the fast objective's best as well (trial {picked['trial']}).")
+    lines.append("The held-out figures of the stage candidates are a diagnostic of each stage's fidelity; no selection "
+                 "step read them.")
+    return lines
+
+
 def _over_every_run(meta: dict, key: str) -> str:
     """"; T s over every run of this study." when ``<key>_total`` exceeds this run's ``key``."""
     total = meta.get(f"{key}_total", 0)
@@ -358,6 +402,8 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
         lines += [f"Search time {meta['search_seconds']:.0f} s this run ({meta.get('trials_this_run', 0)} trials"
                   + (f", {rate:.1f} candidates/min)" if rate else ")")
                   + _over_every_run(meta, "search_seconds"), ""]
+    if meta.get("selection_seconds"):
+        lines += [f"Selection: {meta['selection_seconds']:.0f} s this run" + _over_every_run(meta, "selection_seconds"), ""]
     if meta.get("polish_seconds"):
         lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s this run"
                   + _over_every_run(meta, "polish_seconds"), ""]
@@ -371,6 +417,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
             lines.append(f"| {row_label(r) if r['kind'] == 'searched' else r['name']} | {r['kind']} | " + " | ".join(_fmt(v) for v in r["values"]) +
                          f" | {r['ppl']:.3f} | {r['sparsity']:.4f} |")
         lines += polish_section(final)
+        lines += selection_section(final)
         fid = final.get("fidelity") or {}
         lines += ["", "## Does the objective track held-out perplexity?", ""]
         if fid.get("spearman"):

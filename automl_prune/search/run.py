@@ -15,6 +15,7 @@ from .driver import SearchState, directions_of, open_study, optuna_loop, remembe
 from .final import final_comparison
 from .polish import check_polish_studies, polish_front
 from .report import write_outputs
+from .selection import run_selection
 from .setup import load_search
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     log.info("search: %d trials this run in %.0f s, %d finished in the study (%s)", state.new_trials, seconds, finished,
              meta["stopped_by"])
+    selection = None
+    if config.selection is not None:
+        start = time.perf_counter()
+        selection = run_selection(state, progress=progress)
+        meta["selection_seconds"] = round(time.perf_counter() - start, 1)
+        meta["selection_seconds_total"] = running_total(before, "selection_seconds", meta["selection_seconds"])
+        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        if selection:
+            log.info("selection: trial %d selected (the fast objective's best: trial %d)", selection["selected"],
+                     selection["fast_best"])
     result = None
     if not final and (out / "final.json").exists():
         result = json.loads((out / "final.json").read_text())  # --no-final keeps the earlier comparison
@@ -75,7 +86,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
             (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
         log.info("final comparison on held-out %s: the chosen plans and the baselines %s", config.heldout.source,
                  ", ".join(config.final.baselines))
-        result = final_comparison(state, polished=polished, progress=progress)
+        result = final_comparison(state, polished=polished, selection=selection, progress=progress)
         (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
     ctx.restore()
     return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin())

@@ -1,0 +1,141 @@
+"""Multi-fidelity selection after a search (``selection:`` in the config).
+
+A fast objective drives the sampler; near its optimum many candidates differ by less than its
+noise, so the search's best by that objective is partly luck. Following EvoPress's multi-step
+selection, the study's best distinct candidates (and the named points) are scored again by a
+slower, more faithful objective (default KL to the dense model, top-k coarsened) on fresh
+calibration-domain tokens, in stages of growing size: the ``keep`` best of a stage go on to the
+next, and the last stage's best is the selected plan.
+
+- Every candidate of a stage reads the same windows (paired comparisons separate near-ties); the
+  dense reference of a stage is computed once.
+- A stage's windows are drawn fresh (seed ``selection.seed + stage``) from the calibration source
+  and overlap none of the calibration and probe windows; the held-out text is never read.
+- Stage values are kept in the study's user attributes (per stage, by trial number, for one
+  setting), written after every candidate: a re-run, or a run resumed after a kill, scores only
+  what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+
+from optuna.trial import FrozenTrial, TrialState
+
+from ..data import fresh_windows
+from ..progress import progress_bar
+from ..pruning.plan import PruningPlan
+from .candidate import CandidateFailed, score_candidate
+from .config import StudyConfig, selection_seqlen
+from .driver import SearchState, directions_of
+
+log = logging.getLogger(__name__)
+ATTR = "selection"
+SELECTED = "selected_trial"
+
+
+def setting(config: StudyConfig) -> dict:
+    """What the stored stage values depend on: the selection settings and the windows they avoid."""
+    c, p = config.calibration, config.probe
+    return dict(selection=config.selection.model_dump(mode="json"), model=config.model,
+                calibration=c.model_dump(mode="json"), probe=p.model_dump(mode="json"))
+
+
+def setting_key(config: StudyConfig) -> str:
+    return hashlib.sha256(json.dumps(setting(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pool(state: SearchState) -> list[FrozenTrial]:
+    """The fast objective's ``selection.candidates`` best trials with distinct masks, then every
+    named point not among them (so the last stage compares the selected plan with them too)."""
+    sign = 1.0 if directions_of(state.config, state.objectives)[0] == "minimize" else -1.0
+    done = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
+    out, seen = [], set()
+    for t in sorted(done, key=lambda t: (sign * t.values[0], t.number)):
+        key = t.user_attrs.get("mask_hash") or t.user_attrs.get("canonical_key") or t.number
+        if key in seen:
+            continue
+        if len(out) < state.config.selection.candidates or t.user_attrs.get("named_point"):
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def stage_windows(state: SearchState, index: int):
+    """The fresh windows of stage ``index`` (identical for every candidate of the stage)."""
+    config = state.config
+    sel, c, p = config.selection, config.calibration, config.probe
+    n, seqlen = selection_seqlen(config, sel.stages[index].tokens)
+    bos = bool(state.ctx.info.get("calibration", {}).get("bos"))
+    avoid = [dict(nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed)]
+    if p.source is None or p.source == c.source:
+        avoid.append(dict(nsamples=p.nsamples, seqlen=p.seqlen, seed=p.seed))
+    return fresh_windows(c.source, state.ctx.tokenizer, nsamples=n, seqlen=seqlen, seed=sel.seed + index, avoid=avoid,
+                         data_dir=config.data_dir, split=c.split, text_field=c.text_field, bos=bos)
+
+
+def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
+    """Score the pool stage by stage; returns the stages and the selected trial (None without
+    ``selection`` or without completed trials). The selected trial is recorded in the study."""
+    from objectives import make_objective
+
+    config = state.config
+    sel = config.selection
+    if sel is None:
+        return None
+    candidates = pool(state)
+    if not candidates:
+        return None
+    start = time.perf_counter()
+    objective = make_objective(sel.objective.name, **sel.objective.params)
+    sign = 1.0 if (sel.objective.direction or objective.direction) == "minimize" else -1.0
+    fast_sign = 1.0 if directions_of(config, state.objectives)[0] == "minimize" else -1.0
+    key = setting_key(config)
+    stored = state.study.user_attrs.get(ATTR) or {}
+    if stored.get("key") != key:
+        stored = dict(key=key, setting=setting(config), stages=[{} for _ in sel.stages])
+    stages, current = [], candidates
+    for i, stage in enumerate(sel.stages):
+        windows = stage_windows(state, i)
+        digest = windows.info["windows_sha256"]
+        values = stored["stages"][i] if stored["stages"][i].get("windows_sha256") == digest else {}
+        values.setdefault("windows_sha256", digest)
+        values.setdefault("values", {})
+        sctx = copy.copy(state.ctx)  # same model, weights and statistics; this stage's windows and references
+        sctx.probe_ids, sctx.memo = windows.input_ids, {}
+        todo = [t for t in current if str(t.number) not in values["values"]]
+        if todo:
+            log.info("selection stage %d: %d candidates on %d x %d fresh tokens (%s; %d already scored)", i + 1,
+                     len(current), windows.input_ids.shape[0], windows.input_ids.shape[1], objective.name,
+                     len(current) - len(todo))
+            objective.prepare(sctx)
+        for t in progress_bar(todo, desc=f"selection stage {i + 1}", unit="candidate", enabled=progress):
+            try:
+                value = score_candidate(sctx, PruningPlan.from_dict(t.user_attrs["plan"]), [objective]).values[0]
+            except (CandidateFailed, ValueError, RuntimeError) as exc:
+                log.warning("selection stage %d: trial %d failed: %s", i + 1, t.number, exc)
+                value = None
+            values["values"][str(t.number)] = value
+            stored["stages"][i] = values
+            state.study.set_user_attr(ATTR, stored)  # after every candidate: a kill loses at most one
+        sctx.memo.clear()
+        scored = [t for t in current if values["values"].get(str(t.number)) is not None]
+        ranked = sorted(scored, key=lambda t: (sign * values["values"][str(t.number)], fast_sign * t.values[0], t.number))
+        stages.append(dict(stage=i + 1, tokens=stage.tokens, windows=int(windows.input_ids.shape[0]),
+                           seqlen=int(windows.input_ids.shape[1]), windows_sha256=digest, seed=sel.seed + i,
+                           candidates=[dict(trial=t.number, value=values["values"][str(t.number)], fast=t.values[0],
+                                            named_point=t.user_attrs.get("named_point")) for t in ranked],
+                           failed=len(current) - len(scored), kept=[t.number for t in ranked[:stage.keep]]))
+        current = ranked[:stage.keep]
+        if not current:
+            log.warning("selection stage %d: no candidate could be scored; the fast objective's best is kept", i + 1)
+            break
+    state.ctx.restore()
+    chosen = current[0] if current else candidates[0]
+    state.study.set_user_attr(SELECTED, chosen.number)
+    return dict(objective=sel.objective.model_dump(mode="json"), selected=chosen.number, fast_best=candidates[0].number,
+                pool=len(candidates), stages=stages, seconds=round(time.perf_counter() - start, 1))
