@@ -50,8 +50,12 @@ def ray_clean():
     subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
 
 
+SELECTION = {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}], "candidates": 3, "seqlen": 64,
+             "objective": {"name": "kl", "params": {"topk": 64}}}
+
+
 def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_dir, ray_clean):
-    path = _config(tmp_path, tiny_llama_dir, data_dir)
+    path = _config(tmp_path, tiny_llama_dir, data_dir, selection=SELECTION)
     local = tmp_path / "local"
     run_search(load_config(path), local, progress=False)
     on_ray = tmp_path / "ray"
@@ -70,6 +74,11 @@ def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_
     assert [t.user_attrs.get("named_point") for t in a] == [t.user_attrs.get("named_point") for t in b]
     assert json.loads((on_ray / "meta.json").read_text())["executor"] == "ray"
     assert "Held-out comparison" in report.read_text()
+    # multi-fidelity selection runs on the Ray executor's study as on the local one
+    sel = [json.loads((o / "final.json").read_text())["selection"] for o in (local, on_ray)]
+    assert sel[0]["selected"] == sel[1]["selected"]
+    assert [[c["trial"] for c in st["candidates"]] for st in sel[0]["stages"]] == \
+           [[c["trial"] for c in st["candidates"]] for st in sel[1]["stages"]]
 
 
 def _free_port() -> int:

@@ -310,3 +310,15 @@ def test_report_says_when_the_timeout_cut_the_budget_and_reads_history_on_a_log_
     assert "spent" in " ".join(budget_lines({"budget": {"trials": 80}, "stopped_by": "trials", "finished_trials": 80}))
     assert history_scale([1.2, 1.3, 400.0]) == "log" and history_scale([1.2, 1.3, 1.5]) == "linear"
     assert history_scale([-1.0, 2.0]) == "linear"
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_polishing_starts_from_the_fronts_best_trials_whichever_the_direction(direction):
+    study = optuna.create_study(directions=[direction, "minimize"])
+    for i, value in enumerate([3.0, 1.0, 2.0, 5.0]):
+        study.add_trial(optuna.trial.create_trial(params={"pattern.sparsity": 0.5, "x": float(i)},
+                                                  distributions={"pattern.sparsity": optuna.distributions.FloatDistribution(0, 1),
+                                                                 "x": optuna.distributions.FloatDistribution(0, 10)},
+                                                  values=[value, 0.5]))
+    starts = front_starts(study, 0.5, 2)
+    assert [n for n, _ in starts] == ([1, 2] if direction == "minimize" else [3, 0])

@@ -36,7 +36,7 @@ def polish_study_name(config, point: float) -> str:
 
 
 def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[tuple[int, dict]]:
-    """The ``k`` best (first objective) front-study trials whose target sparsity is ``point``:
+    """The ``k`` best (first objective, in its direction) front-study trials whose target sparsity is ``point``:
     their parameters without the sparsity, ready to enqueue in the fixed-sparsity space (only
     those that are points of ``space`` when it is given)."""
     from search_spaces.base import check_params
@@ -52,7 +52,8 @@ def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[
         return []
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if abs(t.params.get("pattern.sparsity", -1.0) - point) < 1e-9]
-    done.sort(key=lambda t: t.values[0])
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    done.sort(key=lambda t: sign * t.values[0])  # best first, whichever way the first objective goes
     out, seen = [], set()
     for t in done:
         params = {k_: v for k_, v in t.params.items() if k_ != "pattern.sparsity"}
