@@ -216,7 +216,7 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
     wanda04 = next(b["ppl"] for b in final["rows"] if b["kind"] == "baseline" and b["target"] == 0.4)
     assert changes[0][1] == pytest.approx(100 * (searched["polished 0.4"]["ppl"] / wanda04 - 1))
     saved = PruningPlan.load(out / "polished" / "sparsity-0.4.yaml")
-    assert saved.to_dict() == searched["polished 0.4"]["plan"]
+    assert saved.to_dict() == {**searched["polished 0.4"]["plan"], **load_config(path).plan_origin()}  # + where it came from
     # a re-run resumes: no new trial, the same polished plans
     before = {p["point"]: p["best"]["trial"] for p in final["polish"]}
     run_search(load_config(path, {"budget.trials": 14}), out, progress=False)

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 
 import optuna
@@ -93,12 +94,36 @@ class StudySearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-class _Progress(tune.Callback):
-    def __init__(self, bar):
-        self.bar = bar
+class _Progress:
+    """The search bar follows the study's finished trials from a thread of the driver (not a Tune
+    callback: the Tuner pickles its callbacks with its state, and a bar does not survive that)."""
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.bar.update(1)
+    def __init__(self, bar, state: SearchState, every: float = 2.0):
+        self.bar, self.state, self.every = bar, state, every
+        self.start = state.finished()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def _follow(self) -> None:
+        while not self.stop.wait(self.every):
+            self.tick()
+
+    def tick(self) -> None:
+        try:
+            self.bar.n = self.state.finished() - self.start
+        except Exception:  # noqa: BLE001 - a busy storage only delays the next line
+            return
+        self.bar.refresh()
+
+    def __enter__(self) -> "_Progress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.tick()
+        self.bar.close()
 
 
 def _experiment(root: Path) -> tuple[str, bool]:
@@ -129,7 +154,6 @@ def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
     root.mkdir(parents=True, exist_ok=True)
     name, restore = _experiment(root)
     bar = progress_bar(total=remaining, desc="search (ray)", unit="trial", enabled=progress)
-    callbacks = [_Progress(bar)]
     if restore:
         log.info("continuing the interrupted Ray run %s", root / name)
         tuner = tune.Tuner.restore(str(root / name), trainable=trainable, resume_errored=True)
@@ -145,12 +169,10 @@ def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1 if remaining is None else remaining,
                                         max_concurrent_trials=cfg.ray.max_concurrent_trials, reuse_actors=True,
                                         time_budget_s=cfg.budget.timeout),
-            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0, callbacks=callbacks,
+            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures)))
-    try:
+    with _Progress(bar, state):
         results = tuner.fit()
-    finally:
-        bar.close()
     for r in results:
         if r.error is not None:
             log.warning("a trial failed in Ray: %s", str(r.error).splitlines()[0] if str(r.error) else r.error)
