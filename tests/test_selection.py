@@ -99,3 +99,20 @@ def test_bad_selection_configs_are_refused_before_loading(tmp_path, tiny_llama_d
     over = {"selection": STAGES, **override}
     with pytest.raises(UserError, match=message):
         load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over))
+
+
+def test_final_zero_shot_average_of_the_selected_plan_and_the_best_baseline(tmp_path, tiny_llama_dir, data_dir):
+    path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, selection=STAGES, budget={"trials": 8},
+                             final={"top": 1, "fidelity_sample": 0, "baselines": ["wanda", "magnitude"],
+                                    "zero_shot": {"tasks": ["piqa", "winogrande"], "limit": 4}})
+    out = tmp_path / "run"
+    report = run_search(load_config(path), out, progress=False).read_text()
+    rows = json.loads((out / "final.json").read_text())["rows"]
+    scored = [r for r in rows if r.get("zero_shot")]
+    searched = [r for r in rows if r["kind"] == "searched"]
+    best_baseline = min((r for r in rows if r["kind"] == "baseline"), key=lambda r: r["ppl"])
+    assert {id(r) for r in scored} == {id(r) for r in searched} | {id(best_baseline)}
+    for r in scored:
+        z = r["zero_shot"]
+        assert 0 <= z["acc"] <= 1 and set(z["tasks"]) == {"piqa", "winogrande"} and z["limit"] == 4
+    assert "zero-shot acc / acc_norm" in report and "first 4 documents" in report

@@ -70,6 +70,25 @@ class BudgetConfig(_Strict):
         return self
 
 
+class ZeroShotFinal(_Strict):
+    """Zero-shot accuracy (lm-eval prompts and metrics, built-in scorer) of each chosen plan and of
+    the best baseline at its target, on the first ``limit`` documents of each task."""
+
+    tasks: list[str] | str = "all"
+    limit: int | None = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        from ..evaluation.zeroshot import parse_tasks
+
+        try:
+            return parse_tasks(v if isinstance(v, str) else ",".join(v))
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class FinalConfig(_Strict):
     """The closing comparison on held-out text."""
 
@@ -77,6 +96,7 @@ class FinalConfig(_Strict):
     top: int = Field(1, ge=0)  # best plans (single objective) or Pareto points evaluated
     fidelity_sample: int = Field(8, ge=0)  # trials re-evaluated on held-out text for Spearman
     export_best: bool = False  # also write the pruned best model as an HF folder
+    zero_shot: ZeroShotFinal | None = None  # also zero-shot accuracy of the chosen plans and the best baseline
 
 
 class ConfirmConfig(_Strict):

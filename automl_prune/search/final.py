@@ -148,6 +148,8 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
                 continue
             rows.append(dict(kind="baseline", name=method, values=values, ppl=ppl, sparsity=realised, plan=plan.to_dict(),
                              target=sparsity))
+    if cfg.zero_shot is not None:
+        zero_shot_rows(state, rows, progress=progress)
     fidelity = fidelity_sample(state, heldout, progress=progress)
     out = dict(rows=rows, fidelity=fidelity)
     if selection:
@@ -209,3 +211,29 @@ def stage_fidelity(state: SearchState, selection: dict, heldout: HeldoutEvaluato
         fast = [(c["fast"], ppl[c["trial"]]) for c in st["candidates"] if c["trial"] in ppl]
         rows.append(dict(stage=st["stage"], n=len(pairs), spearman=rho(pairs), fast_spearman=rho(fast)))
     return dict(heldout_ppl={str(n): v for n, v in ppl.items()}, stages=rows)
+
+
+def zero_shot_rows(state: SearchState, rows: list[dict], *, progress: bool = True) -> None:
+    """``final.zero_shot``: the zero-shot average (``zero_shot`` of the row) of every searched row
+    and of the best baseline (held-out perplexity) at each searched row's target."""
+    from ..evaluation.zeroshot import ZeroShotSuite
+    from ..models.adapters import needs_bos
+
+    zs = state.config.final.zero_shot
+    ctx = state.ctx
+    suite = ZeroShotSuite(list(zs.tasks), ctx.tokenizer, limit=zs.limit, data_dir=ctx.info.get("data_dir"),
+                          add_special_tokens=True if needs_bos(ctx.model) else None)
+    searched = [r for r in rows if r["kind"] == "searched"]
+    wanted = list(searched)
+    for r in searched:
+        peers = [b for b in rows if b["kind"] == "baseline" and (b.get("target") == r.get("target") if r.get("target") is not None
+                                                                 else abs(b["sparsity"] - r["sparsity"]) < 0.01)]
+        if peers:
+            best = min(peers, key=lambda b: b["ppl"])
+            if best not in wanted:
+                wanted.append(best)
+    for r in progress_bar(wanted, desc="final: zero-shot", enabled=progress):
+        ctx.apply(PruningPlan.from_dict(r["plan"]))
+        result = suite.evaluate(ctx.model, batch_size=zs.batch_size, device=ctx.device, progress=False)
+        r["zero_shot"] = dict(result["average"], limit=zs.limit, tasks={t: v.get("acc_norm", v.get("acc"))
+                                                                         for t, v in result["tasks"].items()})

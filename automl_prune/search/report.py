@@ -411,11 +411,19 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
         if final.get("from_earlier_run"):
             lines += ["The held-out comparison below is from an earlier run of this study (final.json; this run used "
                       "--no-final): trials added since are not in it.", ""]
-        lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |",
-                  "|---|---|" + "---:|" * len(names) + "---:|---:|"]
+        zs = any(r.get("zero_shot") for r in final["rows"])
+        lines += ["## Held-out comparison", "", "| plan | kind | " + " | ".join(names) + " | held-out ppl | sparsity |"
+                  + (" zero-shot acc / acc_norm |" if zs else ""),
+                  "|---|---|" + "---:|" * len(names) + "---:|---:|" + ("---:|" if zs else "")]
         for r in sorted(final["rows"], key=lambda r: (r["sparsity"], r["ppl"])):
+            z = r.get("zero_shot") or {}
             lines.append(f"| {row_label(r) if r['kind'] == 'searched' else r['name']} | {r['kind']} | " + " | ".join(_fmt(v) for v in r["values"]) +
-                         f" | {r['ppl']:.3f} | {r['sparsity']:.4f} |")
+                         f" | {r['ppl']:.3f} | {r['sparsity']:.4f} |" +
+                         ((f" {z['acc']:.4f} / {z.get('acc_norm', float('nan')):.4f} |" if z else " - |") if zs else ""))
+        if zs:
+            z = next(r["zero_shot"] for r in final["rows"] if r.get("zero_shot"))
+            lines += ["", f"Zero-shot: the average over {', '.join(z['tasks'])} on the first {z['limit']} documents of "
+                          "each task (lm-eval prompts and metrics; acc_norm averages acc where a task has no acc_norm)."]
         lines += polish_section(final)
         lines += selection_section(final)
         fid = final.get("fidelity") or {}
