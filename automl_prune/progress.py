@@ -2,7 +2,7 @@
 
 On a terminal :func:`progress_bar` is a tqdm bar. Off a terminal (output redirected, a batch job, CI)
 tqdm would print nothing, so it is a bar that writes whole lines instead: one when a stage starts
-(``leave=True`` stages), one every ``AUTOML_PRUNE_PROGRESS_SECONDS`` (default 30) while it runs, with
+(``leave=True`` stages), one every ``AUTOML_PRUNE_PROGRESS_SECONDS`` (default 20) while it runs, with
 the count and the elapsed time, and one when it ends.
 """
 
@@ -14,7 +14,7 @@ import time
 
 from tqdm.std import tqdm
 
-DEFAULT_SECONDS = 30.0
+DEFAULT_SECONDS = 20.0
 
 
 def log_interval() -> float:

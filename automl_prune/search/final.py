@@ -121,7 +121,7 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     targets: dict[tuple, None] = {}
     bar = dict(enabled=progress, leave=False)
     if polished:
-        for p in progress_bar([p for p in polished if p.get("best")], desc="final: polished plans", **bar):
+        for p in progress_bar([p for p in polished if p.get("best")], desc="final: polished plans", unit="plan", **bar):
             plan = PruningPlan.from_dict(p["best"]["plan"])
             values = score_candidate(state.ctx, plan, state.objectives).values
             ppl, realised, _ = heldout(plan)
@@ -130,7 +130,7 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
             targets[(p["point"], "unstructured")] = None
     else:
         chosen = selection_trials(state, selection) if selection else [(t, None) for t in chosen_trials(state)]
-        for t, by in progress_bar(chosen, desc="final: best plans", **bar):
+        for t, by in progress_bar(chosen, desc="final: best plans", unit="plan", **bar):
             plan = PruningPlan.from_dict(t.user_attrs["plan"])
             ppl, realised, _ = heldout(plan)
             rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
@@ -138,7 +138,7 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
                              **({"selected_by": by} if by else {})))
             targets[_target(plan, realised)] = None
     for sparsity, pattern in targets:
-        for method in progress_bar(cfg.baselines, desc="final: baselines", **bar):
+        for method in progress_bar(cfg.baselines, desc="final: baselines", unit="plan", **bar):
             try:
                 plan = baseline_plan(method, sparsity, pattern, state)
                 values = score_candidate(state.ctx, plan, state.objectives).values
@@ -174,7 +174,7 @@ def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: 
     idx = np.unique(np.linspace(0, len(pool) - 1, min(k, len(pool))).round().astype(int))
     sample = [pool[i] for i in idx]
     ppl = []
-    for t in progress_bar(sample, desc="final: fidelity", enabled=progress, leave=False):
+    for t in progress_bar(sample, desc="final: fidelity", unit="plan", enabled=progress, leave=False):
         ppl.append(heldout(PruningPlan.from_dict(t.user_attrs["plan"]))[0])
     out = dict(n=len(sample), trials=[t.number for t in sample], heldout_ppl=ppl, spearman={})
     for j, objective in enumerate(state.objectives):
@@ -196,7 +196,7 @@ def stage_fidelity(state: SearchState, selection: dict, heldout: HeldoutEvaluato
     wanted = list(dict.fromkeys([c["trial"] for c in stages[-1]["candidates"]] + [first[i] for i in idx]))
     by_number = {t.number: t for t in state.study.get_trials(deepcopy=False)}
     ppl = {}
-    for n in progress_bar(wanted, desc="final: selection fidelity", enabled=progress, leave=False):
+    for n in progress_bar(wanted, desc="final: selection fidelity", unit="plan", enabled=progress, leave=False):
         ppl[n] = heldout(PruningPlan.from_dict(by_number[n].user_attrs["plan"]))[0]
 
     def rho(pairs: list[tuple[float, float]]) -> float | None:
@@ -232,7 +232,7 @@ def zero_shot_rows(state: SearchState, rows: list[dict], *, progress: bool = Tru
             best = min(peers, key=lambda b: b["ppl"])
             if best not in wanted:
                 wanted.append(best)
-    for r in progress_bar(wanted, desc="final: zero-shot", enabled=progress):
+    for r in progress_bar(wanted, desc="final: zero-shot", unit="plan", enabled=progress):
         ctx.apply(PruningPlan.from_dict(r["plan"]))
         result = suite.evaluate(ctx.model, batch_size=zs.batch_size, device=ctx.device, progress=False)
         r["zero_shot"] = dict(result["average"], limit=zs.limit, tasks={t: v.get("acc_norm", v.get("acc"))

@@ -308,7 +308,8 @@ def diagnostic_note(final: dict) -> str:
             and any(abs(r["sparsity"] - s["sparsity"]) < 0.01 for s in searched)]
     text = ("These trials were evaluated on held-out text only to measure how well the objective ranks plans: a "
             "diagnostic, never a selection (choosing among them by held-out perplexity would select on the test text); "
-            "the plan chosen above is the objective's best.")
+            + ("the plan chosen above is the one the selection stages chose." if final.get("selection")
+               else "the plan chosen above is the objective's best."))
     ppl = fid.get("heldout_ppl") or []
     if base and ppl:
         best = min(base, key=lambda r: r["ppl"])
