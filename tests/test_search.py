@@ -310,6 +310,11 @@ def test_report_says_when_the_timeout_cut_the_budget_and_reads_history_on_a_log_
     assert "spent" in " ".join(budget_lines({"budget": {"trials": 80}, "stopped_by": "trials", "finished_trials": 80}))
     assert history_scale([1.2, 1.3, 400.0]) == "log" and history_scale([1.2, 1.3, 1.5]) == "linear"
     assert history_scale([-1.0, 2.0]) == "linear"
+    from automl_prune.search.report import clipped_view
+
+    low, top = clipped_view([1.50 + 0.01 * i for i in range(18)] + [2.9, 4.3])  # two outliers far above the band
+    assert 1.4 < low < 1.5 and 1.6 < top < 1.9
+    assert clipped_view([1.5, 1.6, 1.7, 1.8]) is None
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])

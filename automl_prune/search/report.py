@@ -93,10 +93,18 @@ def plot_history(study: optuna.Study, names: list[str], out: Path) -> Path | Non
     if named:
         ax.scatter([t.number for t in named], [t.values[0] for t in named], marker="D", s=36, facecolors="none",
                    edgecolors="black", zorder=3, label="named point")
-        for t in named:
-            ax.annotate(t.user_attrs["named_point"], (t.number, t.values[0]), xytext=(4, 3), textcoords="offset points",
-                        fontsize=7)
-    ax.set_yscale(history_scale(ys))
+        for k, t in enumerate(named):  # staggered: the named points are the first trials, close together
+            ax.annotate(t.user_attrs["named_point"], (t.number, t.values[0]), xytext=(6, 4 + 9 * (k % 4)),
+                        textcoords="offset points", fontsize=7)
+    scale = history_scale(ys)
+    ax.set_yscale(scale)
+    view = clipped_view(ys) if scale == "linear" else None
+    if view is not None:  # a few outliers would squash every other trial into one band
+        low, top = view
+        above = [(x, y) for x, y in zip(xs, ys) if y > top]
+        ax.set_ylim(low, top)
+        ax.scatter([x for x, _ in above], [top] * len(above), marker="^", s=30, color="C1", clip_on=False, zorder=3,
+                   label=f"{len(above)} trials above the view")
     if len(study.directions) == 1:
         better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
         run, best = [], None
@@ -121,6 +129,17 @@ def history_scale(values: list[float]) -> str:
     if not values or min(values) <= 0:
         return "linear"
     return "log" if max(values) / min(values) > 10 else "linear"
+
+
+def clipped_view(values: list[float]) -> tuple[float, float] | None:
+    """(bottom, top) of a linear view that shows the best 90% of the trials spread out, when the
+    rest lie far above them (more than the 90% band's own height); None when everything fits."""
+    ordered = sorted(values)
+    lo, hi = ordered[0], ordered[int(0.9 * (len(ordered) - 1))]
+    span = hi - lo
+    if span <= 0 or ordered[-1] - hi <= span:
+        return None
+    return lo - 0.1 * span, hi + 0.6 * span
 
 
 def plot_pareto(study: optuna.Study, names: list[str], final: dict | None, out: Path) -> Path | None:
