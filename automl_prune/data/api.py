@@ -34,9 +34,7 @@ def calibration_windows(source: str | os.PathLike, tokenizer: Any, *, nsamples: 
     encode = make_encoder(tokenizer, bos)
     length = _text_length(seqlen, bos)
     tokens = DocumentTokens(corpus.documents, encode)
-    sampler = corpus.sampler
-    if sampler == "auto":
-        sampler = "documents" if len(tokens) > 1 and tokens.any_longer_than(length) else "stream"
+    sampler = _sampler(corpus, tokens, length)
     if sampler == "documents":
         windows, available = sample_documents(tokens, nsamples=nsamples, length=length, seed=seed), None
     else:
@@ -60,15 +58,13 @@ def fresh_windows(source: str | os.PathLike, tokenizer: Any, *, nsamples: int, s
     encode = make_encoder(tokenizer, bos)
     length = _text_length(seqlen, bos)
     tokens = DocumentTokens(corpus.documents, encode)
-    sampler = corpus.sampler
-    if sampler == "auto":
-        sampler = "documents" if len(tokens) > 1 and tokens.any_longer_than(length) else "stream"
-        for a in avoid:
-            other = "documents" if len(tokens) > 1 and tokens.any_longer_than(_text_length(a["seqlen"], bos)) else "stream"
-            if other != sampler:
-                raise UserError(f"windows of {seqlen} tokens of {source} are drawn by the {sampler} sampler but those of "
-                                f"{a['seqlen']} tokens by the {other} sampler, so they cannot be kept apart; use the "
-                                "calibration's seqlen for the selection windows")
+    sampler = _sampler(corpus, tokens, length)
+    for a in avoid:
+        other = _sampler(corpus, tokens, _text_length(a["seqlen"], bos))
+        if other != sampler:
+            raise UserError(f"windows of {seqlen} tokens of {source} are drawn by the {sampler} sampler but those of "
+                            f"{a['seqlen']} tokens by the {other} sampler, so they cannot be kept apart; use the "
+                            "calibration's seqlen for the selection windows")
     if sampler == "documents":
         taken = [(d, st, _text_length(a["seqlen"], bos)) for a in avoid
                  for d, st in document_positions(tokens, nsamples=a["nsamples"], length=_text_length(a["seqlen"], bos),
@@ -105,6 +101,13 @@ def evaluation_windows(source: str | os.PathLike, tokenizer: Any, *, seqlen: int
     windows = split_stream(stream, length=_text_length(seqlen, bos), max_windows=min(limits, default=None))
     return _finish(windows, tokenizer, corpus, purpose="evaluation", source=source, sampler="stream", seed=None,
                    seqlen=seqlen, nsamples=None, bos=bos, tokens_available=stream.numel())
+
+
+def _sampler(corpus: Corpus, tokens: DocumentTokens, length: int) -> str:
+    """The corpus's sampler; ``auto``: documents when there are several and one is longer than a window."""
+    if corpus.sampler != "auto":
+        return corpus.sampler
+    return "documents" if len(tokens) > 1 and tokens.any_longer_than(length) else "stream"
 
 
 def _check_positive(**values: int | None) -> None:

@@ -93,26 +93,39 @@ def document_positions(tokens: DocumentTokens, *, nsamples: int, length: int, se
         raise UserError(f"no document is longer than {length} tokens, so no calibration window fits; "
                         "use a shorter seqlen or a source with longer documents.")
     rng = random.Random(seed)
-    taken = [tuple(e) for e in exclude]
+    fresh = _Fresh([((d,), s, n) for d, s, n in exclude], nsamples, length)
     out: list[tuple[int, int]] = []
-    tries = 0
     while len(out) < nsamples:
         while True:
             doc = rng.randint(0, len(tokens) - 1)
             if tokens[doc].numel() > length:
                 break
         start = rng.randint(0, tokens[doc].numel() - length - 1)
-        if exclude:
-            tries += 1
-            if tries > 200 * nsamples:
-                raise UserError(f"the text holds too few windows of {length} tokens that overlap none of the "
-                                f"calibration and probe windows ({len(out)} of {nsamples} found); use fewer tokens "
-                                "per selection stage or a source with more text.")
-            if any(d == doc and start < s + n and s < start + length for d, s, n in taken):
-                continue
-            taken.append((doc, start, length))
-        out.append((doc, start))
+        if fresh.take((doc,), start, found=len(out)):
+            out.append((doc, start))
     return out
+
+
+class _Fresh:
+    """Windows already taken (``(where, start, length)``; ``where`` names the document, or nothing
+    for one stream); :meth:`take` keeps a draw that overlaps none of them. Without exclusions every
+    draw is kept, so the reference samplers' draws are unchanged."""
+
+    def __init__(self, taken: list[tuple[tuple, int, int]], nsamples: int, length: int):
+        self.taken, self.active, self.nsamples, self.length, self.tries = list(taken), bool(taken), nsamples, length, 0
+
+    def take(self, where: tuple, start: int, *, found: int) -> bool:
+        if not self.active:
+            return True
+        self.tries += 1
+        if self.tries > 200 * self.nsamples:
+            raise UserError(f"the text holds too few windows of {self.length} tokens that overlap none of the "
+                            f"calibration and probe windows ({found} of {self.nsamples} found); use fewer tokens "
+                            "per selection stage or a source with more text.")
+        if any(w == where and start < s + n and s < start + self.length for w, s, n in self.taken):
+            return False
+        self.taken.append((where, start, self.length))
+        return True
 
 
 def stream_positions(stream_length: int, *, nsamples: int, length: int, seed: int,
@@ -123,21 +136,12 @@ def stream_positions(stream_length: int, *, nsamples: int, length: int, seed: in
         raise UserError(f"the text has only {stream_length} tokens, too short for one window of {length} "
                         "text tokens; use a shorter seqlen or more text.")
     rng = random.Random(seed)
-    taken = [tuple(e) for e in exclude]
+    fresh = _Fresh([((), s, n) for s, n in exclude], nsamples, length)
     out: list[int] = []
-    tries = 0
     while len(out) < nsamples:
         start = rng.randint(0, stream_length - length - 1)
-        if exclude:
-            tries += 1
-            if tries > 200 * nsamples:
-                raise UserError(f"the text holds too few windows of {length} tokens that overlap none of the "
-                                f"calibration and probe windows ({len(out)} of {nsamples} found); use fewer tokens "
-                                "per selection stage or a source with more text.")
-            if any(start < s + n and s < start + length for s, n in taken):
-                continue
-            taken.append((start, length))
-        out.append(start)
+        if fresh.take((), start, found=len(out)):
+            out.append(start)
     return out
 
 
