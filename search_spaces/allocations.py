@@ -13,6 +13,12 @@ offsets  offset.00 .. offset.<L-1> in [-delta, delta] (default delta 0.05; optio
          (config) or ``bind(profile)``; named point "uniform" (all 0).
 depth    a, b in [-span, span] (default 0.3): s_l = s + a (t - 1/2) + b (t^2 - 1/3), t = l/(L-1),
          renormalised; named point "uniform" (0, 0).
+levels   level.<block>.<layer>: an integer level per prunable layer on a ladder around the base
+         allocation (``base``: uniform, or OWL at fixed M / lambda), ``levels`` steps either side
+         of ``step`` weights each (default EvoPress's); per-layer sparsities, exact total when the
+         levels sum to zero (automl_prune.pruning.levels). Searched by ``searcher: evolution``
+         (level-switch mutation) over a level database; needs bind(profile) and a fixed target;
+         named point: the base ("uniform" or "owl"), every level 0.
 
 Canonical keys: offsets differing by a constant are one allocation (the renormalising shift
 absorbs it: clip(s + o + k + c') with c' = c - k); all-equal offsets and a = b = 0 are the uniform
@@ -24,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from optuna.distributions import IntDistribution
 from pydantic import Field, field_validator
 
 from automl_prune.allocation.rules import (
@@ -34,6 +41,7 @@ from automl_prune.allocation.rules import (
     owl_sparsities,
 )
 from automl_prune.errors import UserError
+from automl_prune.pruning.levels import LayerLadder, default_step, ladder
 
 from .parts import ANY, Part, PartConfig, Range, rounded
 
@@ -273,10 +281,93 @@ class DepthSpace(AllocationPart):
         return "uniform" if a == 0 and b == 0 else self._key(rounded(a), rounded(b))
 
 
+class LevelsConfig(AllocationConfig):
+    name: Literal["levels"] = "levels"
+    levels: int = Field(8, ge=1, le=64)
+    step: int | None = Field(None, ge=1)  # weights per level (default: EvoPress's, whole rows)
+    base: Literal["uniform", "owl"] = "uniform"
+    M: float = Field(5.0, ge=1.0)
+    lam: float = Field(0.08, ge=0.0, alias="lambda")
+    group: Literal["row", "matrix"] = "row"  # the metric's comparison group (row: Wanda, BaWA, ...)
+
+
+class LevelsSpace(AllocationPart):
+    """Per-layer levels; ``bind(profile)`` (after ``set_target``) builds the ladders."""
+
+    name = "levels"
+
+    def __init__(self, config: LevelsConfig, target: float | None = None, ladders: dict[str, LayerLadder] | None = None,
+                 step: int | None = None, base: list[float] | None = None):
+        super().__init__(config)
+        self.target, self.ladders, self.step, self.base = target, ladders, step, base
+        for name, lad in (ladders or {}).items():
+            self.dists[self.prefix + "level." + name] = IntDistribution(lad.low, lad.high)
+
+    @property
+    def base_label(self) -> str:
+        return "owl" if self.config.base == "owl" else "uniform"
+
+    def set_target(self, target: float) -> None:
+        self.target = float(target)
+
+    def bind(self, profile: Any) -> "LevelsSpace":
+        if self.ladders is not None:
+            return self
+        if self.target is None:  # pragma: no cover - ComposedSpace sets it
+            raise UserError("allocation 'levels' needs a fixed target sparsity")
+        if not profile.layer_shapes:
+            raise UserError("allocation 'levels' needs a profile with layer shapes (ModelProfile.build)")
+        c = self.config
+        if c.base == "owl":
+            base = owl_sparsities(self._profile(profile, "owl").outlier_ratios(c.M), profile.block_params, self.target,
+                                  c.lam, bounds=self.bounds)
+        else:
+            base = [self.target] * profile.n_blocks
+        shapes = [s for block in profile.layer_shapes for s in block]
+        step = c.step or default_step(shapes, self.target, c.levels, c.group)
+        width = len(str(profile.n_blocks - 1))
+        ladders = {}
+        try:
+            for b, (names, block_shapes) in enumerate(zip(profile.layer_names, profile.layer_shapes)):
+                for name, (rows, cols) in zip(names, block_shapes):
+                    ladders[f"{b:0{width}d}.{name}"] = ladder(rows, cols, float(base[b]), step, c.levels, c.group)
+        except ValueError as exc:
+            raise UserError(f"invalid space config: field 'space.allocation.step': {exc}") from None
+        return LevelsSpace(c, self.target, ladders, step, [float(x) for x in base])
+
+    def _need_ladders(self) -> dict[str, LayerLadder]:
+        if self.ladders is None:
+            raise UserError("allocation 'levels' needs the model's layers: bind the space to the profile (space.bind(profile))")
+        return self.ladders
+
+    def distributions(self):
+        self._need_ladders()
+        return super().distributions()
+
+    def levels_of(self, params: dict) -> dict[str, int]:
+        return {name: int(params[self.prefix + "level." + name]) for name in self._need_ladders()}
+
+    def allocate(self, params: dict, profile: Any, target: float) -> dict[str, float]:
+        """Per-layer sparsities, keyed ``<block>.<layer>`` with the block without padding (plan form)."""
+        out = {}
+        for name, lv in self.levels_of(params).items():
+            block, layer = name.split(".", 1)
+            out[f"{int(block)}.{layer}"] = self.ladders[name].sparsity_at(lv)
+        return out
+
+    def named_points(self) -> dict[str, dict]:
+        return {self.base_label: {self.prefix + "level." + n: 0 for n in self._need_ladders()}}
+
+    def canonical(self, params: dict) -> Any:
+        lv = list(self.levels_of(params).values())
+        return self.base_label if not any(lv) else self._key(self.config.base, self.step, lv)
+
+
 ALLOCATION_SPACES: dict[str, tuple[type[AllocationConfig], type[AllocationPart]]] = {
     "uniform": (UniformConfig, UniformSpace),
     "owl": (OWLConfig, OWLSpace),
     "alpha": (AlphaConfig, AlphaSpace),
     "offsets": (OffsetsConfig, OffsetsSpace),
     "depth": (DepthConfig, DepthSpace),
+    "levels": (LevelsConfig, LevelsSpace),
 }

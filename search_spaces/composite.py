@@ -58,6 +58,11 @@ class ComposedSpace(SearchSpace):
             raise UserError(f"invalid space config: field 'space.allocation': the N:M pattern {pattern.pattern} fixes "
                             f"every layer's sparsity; use allocation uniform (got {allocation.name!r})")
         lo, hi = pattern.target_range()
+        if hasattr(allocation, "set_target"):  # per-layer ladders around a fixed target
+            if lo != hi:
+                raise UserError(f"invalid space config: field 'space.pattern': allocation {allocation.name!r} needs one "
+                                f"target sparsity, not the range [{lo}, {hi}]")
+            allocation.set_target(lo)
         if not allocation.uniform and not (allocation.bounds[0] <= lo and hi <= allocation.bounds[1]):
             raise UserError(f"invalid space config: field 'space.pattern': target sparsity [{lo}, {hi}] lies outside "
                             f"the allocation bounds {list(allocation.bounds)}")
@@ -78,7 +83,11 @@ class ComposedSpace(SearchSpace):
         target = self.pattern.target(params)
         fields: dict[str, Any] = dict(metric=metric, pattern=self.pattern.pattern, group=group)
         if self.pattern.nm is None:
-            fields["sparsity"] = self.allocation.allocate(params, profile, target)
+            alloc = self.allocation.allocate(params, profile, target)
+            if isinstance(alloc, dict):  # per-layer sparsities
+                fields.update(sparsity=float(target), layer_sparsity=alloc)
+            else:
+                fields["sparsity"] = alloc
         fields.update({k: v for k, v in self.reconstruction.fields(params).items() if v != "none"})
         return PruningPlan.from_dict(fields, source=f"candidate of space {self.name}")
 

@@ -81,6 +81,29 @@ def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_
            [[c["trial"] for c in st["candidates"]] for st in sel[1]["stages"]]
 
 
+def test_evolution_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    """The evolution searcher's generations farmed out to Ray actors, which swap candidates in from
+    the level database the driver built: the same children, values and parents as locally."""
+    from test_evolution import LEVELS_SPACE
+
+    over = dict(space=LEVELS_SPACE, objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 6},
+                searcher={"name": "evolution", "seed": 0, "offspring": 4, "survivors": 1, "stage_tokens": 128},
+                final={"baselines": ["owl"], "top": 1, "fidelity_sample": 0})
+    path = _config(tmp_path, tiny_llama_dir, data_dir, **over)
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    run_search(load_config(path), local, progress=False)
+    run_search(load_config(path, {"executor": "ray", "ray.max_concurrent_trials": 1}), on_ray, progress=False)
+    a, b = _trials(local), _trials(on_ray)
+    assert [t.params for t in a] == [t.params for t in b]
+    for ta, tb in zip(a, b):
+        assert tb.values == pytest.approx(ta.values, rel=1e-6)
+    children = [t for t in b if t.user_attrs.get("generation") is not None]
+    assert children and all(t.user_attrs.get("swapped") == "level database" and "ray_node_id" in t.user_attrs
+                            for t in children)
+    sel = [json.loads((o / "final.json").read_text())["selection"] for o in (local, on_ray)]
+    assert sel[0]["selected"] == sel[1]["selected"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -50,6 +50,7 @@ class ModelProfile:
     owl_floor: float = 1.0
     owl_knots: int = 4096  # sketch size (a tail longer than this is kept as a sketch)
     layer_alphas: list[list[float]] | None = None  # per block, per layer spectral exponent
+    layer_shapes: list[list[tuple[int, int]]] = field(default_factory=list)  # per block, (rows, cols) of each layer
     info: dict = field(default_factory=dict)
 
     # ----- derived ------------------------------------------------------------------------------
@@ -110,7 +111,9 @@ class ModelProfile:
         blocks = decoder_blocks(model)
         names = [list(prunable_linears(b)) for b in blocks]
         numels = [[lin.weight.numel() for lin in prunable_linears(b).values()] for b in blocks]
-        prof = cls(layer_names=names, layer_numels=numels, owl_floor=float(owl_floor), owl_knots=int(owl_knots))
+        shapes = [[tuple(lin.weight.shape) for lin in prunable_linears(b).values()] for b in blocks]
+        prof = cls(layer_names=names, layer_numels=numels, owl_floor=float(owl_floor), owl_knots=int(owl_knots),
+                   layer_shapes=shapes)
         start = time.perf_counter()
         if stats is not None:
             if len(stats) != len(blocks):
@@ -139,6 +142,7 @@ class ModelProfile:
             owl_floor=self.owl_floor,
             owl_knots=self.owl_knots,
             layer_alphas=self.layer_alphas,
+            layer_shapes=[[list(s) for s in b] for b in self.layer_shapes],
             info=json.loads(json.dumps(self.info, default=str)),
         )
 
@@ -146,6 +150,7 @@ class ModelProfile:
     def from_state(cls, state: dict) -> "ModelProfile":
         state = dict(state)
         state["owl_tails"] = [t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in state["owl_tails"]]
+        state["layer_shapes"] = [[tuple(s) for s in b] for b in state.get("layer_shapes", [])]
         return cls(**state)
 
     def save(self, path: str | os.PathLike) -> None:

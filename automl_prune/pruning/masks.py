@@ -35,6 +35,13 @@ from automl_prune.errors import UserError
 GROUPS = ("row", "matrix", "column_block")
 
 
+def group_count(size: int, sparsity: float) -> int:
+    """How many of ``size`` weights a group prunes at ``sparsity``: ``int(size * s)`` as the
+    references compute it, with a 1e-6 tolerance so that a sparsity written as ``z / size`` (a
+    plan's per-layer sparsities) gives back exactly ``z`` despite floating-point rounding."""
+    return int(size * float(sparsity) + 1e-6)
+
+
 # ----- k lowest per row, exact and stable ----------------------------------------------------------
 def _k_lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask (rows, n) with exactly ``k`` True per row: the k lowest, ties to lower index.
@@ -83,10 +90,10 @@ def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "row", 
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     out, inp = score.shape
     if group == "row":
-        return _k_lowest_per_row(score, int(inp * sparsity))
+        return _k_lowest_per_row(score, group_count(inp, sparsity))
     if group == "matrix":
         flat = score.reshape(1, -1)
-        return _k_lowest_per_row(flat, int(flat.shape[1] * sparsity)).reshape(out, inp)
+        return _k_lowest_per_row(flat, group_count(flat.shape[1], sparsity)).reshape(out, inp)
     if group == "column_block":
         if block <= 0:
             raise ValueError(f"block must be positive, got {block}")
@@ -101,12 +108,12 @@ def _column_block_mask(score: torch.Tensor, sparsity: float, block: int) -> torc
     if n_full:
         # (out, nb, block) -> (nb, out * block): one "row" per block, row-major inside the block
         blocks = score[:, : n_full * block].reshape(out, n_full, block).transpose(0, 1).reshape(n_full, out * block)
-        m = _k_lowest_per_row(blocks, int(out * block * sparsity))
+        m = _k_lowest_per_row(blocks, group_count(out * block, sparsity))
         mask[:, : n_full * block] = m.reshape(n_full, out, block).transpose(0, 1).reshape(out, n_full * block)
     if inp % block:
         tail = score[:, n_full * block :]
         flat = tail.reshape(1, -1)
-        mask[:, n_full * block :] = _k_lowest_per_row(flat, int(flat.shape[1] * sparsity)).reshape(tail.shape)
+        mask[:, n_full * block :] = _k_lowest_per_row(flat, group_count(flat.shape[1], sparsity)).reshape(tail.shape)
     return mask
 
 

@@ -63,4 +63,5 @@ def score_candidate(ctx: SearchContext, plan: PruningPlan, objectives: list, *, 
         if not math.isfinite(v):
             raise CandidateFailed(f"objective {objective.name} is {v}")
         values.append(v)
-    return CandidateScore(values, result.realised_sparsity, time.perf_counter() - start, digest)
+    info = {"swapped": result.info["swapped"]} if result.info.get("swapped") else {}
+    return CandidateScore(values, result.realised_sparsity, time.perf_counter() - start, digest, info)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserError
 
-SEARCHERS = ("tpe", "nsga3", "pymoo-nsga3", "random")
+SEARCHERS = ("tpe", "nsga3", "pymoo-nsga3", "random", "evolution")
 
 
 class _Strict(BaseModel):
@@ -52,10 +52,16 @@ class ObjectiveConfig(_Strict):
 
 
 class SearcherConfig(_Strict):
-    name: Literal["tpe", "nsga3", "pymoo-nsga3", "random"] = "tpe"
+    name: Literal["tpe", "nsga3", "pymoo-nsga3", "random", "evolution"] = "tpe"
     seed: int = 0
     population: int = Field(20, ge=2)
     n_startup_trials: int = Field(10, ge=0)
+    # evolution (search/evolution.py): children per generation, how many of them (with the parent)
+    # the second stage scores again, and its fresh tokens (null: no second stage)
+    offspring: int = Field(16, ge=1)
+    survivors: int = Field(2, ge=1)
+    stage_tokens: int | None = Field(4096, ge=1)
+    stage_pool: int = Field(8, ge=1)  # fresh minibatches of stage_tokens the generations draw from
     seed_named_points: bool = True  # evaluate the known methods first (Optuna enqueue_trial)
 
 
@@ -286,6 +292,7 @@ def _check_names(config: StudyConfig) -> None:
             _check_confirm(config, polish)
     if config.selection is not None:
         _check_selection(config)
+    _check_evolution(config)
     from .final import BASELINES
 
     unknown = [b for b in config.final.baselines if b not in BASELINES]
@@ -334,8 +341,28 @@ def _check_confirm(config: StudyConfig, polish) -> None:
 
 def selection_seqlen(config: StudyConfig, tokens: int) -> tuple[int, int]:
     """(windows, seqlen) of a selection stage reading ``tokens`` tokens."""
-    seqlen = min(config.selection.seqlen or config.probe.seqlen, tokens)
+    seqlen = min((config.selection.seqlen if config.selection is not None else None) or config.probe.seqlen, tokens)
     return tokens // seqlen, seqlen
+
+
+def _check_evolution(config: StudyConfig) -> None:
+    """The evolution searcher and the levels allocation go together (one objective, fixed target)."""
+    alloc = (config.space.get("allocation") or {})
+    alloc = alloc if isinstance(alloc, str) else alloc.get("name")
+    evo = config.searcher.name == "evolution"
+    if evo and alloc != "levels":
+        raise UserError("invalid config: field 'searcher.name': the evolution searcher mutates per-layer levels; "
+                        "use space.allocation: {name: levels, levels: 8} (or another searcher)")
+    if alloc == "levels" and not evo:
+        raise UserError("invalid config: field 'space.allocation': the levels allocation is searched by level-switch "
+                        "mutation (exact total sparsity); use searcher: {name: evolution}")
+    if evo and len(config.objectives) != 1:
+        raise UserError("invalid config: field 'objectives': the evolution searcher takes one objective (its fitness)")
+    if evo and config.searcher.stage_tokens is not None:
+        _, seqlen = selection_seqlen(config, config.searcher.stage_tokens)
+        if config.searcher.stage_tokens % seqlen:
+            raise UserError(f"invalid config: field 'searcher.stage_tokens': {config.searcher.stage_tokens} is not a whole "
+                            f"number of windows of {seqlen} tokens; use a multiple of {seqlen}")
 
 
 def _check_selection(config: StudyConfig) -> None:

@@ -38,6 +38,8 @@ class SearchContext:
     tokenizer: Any = None
     info: dict = field(default_factory=dict)
     memo: dict = field(default_factory=dict)
+    #: a level database (pruning/database.py): plans on its ladders are swapped in, not pruned
+    levels: Any = None
 
     def __post_init__(self) -> None:
         self.blocks = decoder_blocks(self.model)
@@ -45,20 +47,40 @@ class SearchContext:
             f"{i}.{n}": lin for i, b in enumerate(self.blocks) for n, lin in prunable_linears(b).items()
         }
         self.dense: dict[str, torch.Tensor] = {k: m.weight.detach().clone() for k, m in self.modules.items()}
+        # which stored levels the weights hold now (a dict shared by shallow copies, which share the weights)
+        self._applied: dict = {"levels": None}
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put the dense weights back."""
         for k, m in self.modules.items():
             m.weight.data.copy_(self.dense[k])
+        self._applied["levels"] = None
 
     def apply(self, plan: PruningPlan) -> PruneResult:
-        """Restore the dense weights, then prune them in place with ``plan`` from the dense
-        (one-shot) statistics. The model stays pruned until the next ``apply`` or ``restore``."""
-        self.restore()
+        """Prune the dense weights in place with ``plan`` from the dense (one-shot) statistics, or,
+        when the plan lies on the attached level database's ladders, swap in the stored layers (only
+        those whose level changed; same weights). The model stays pruned until the next ``apply``
+        or ``restore``."""
         if plan.mode != "one-shot":  # candidates are scored from the dense statistics
             plan = plan.model_copy(update={"mode": "one-shot"})
+        levels = self.levels.levels_of(plan, len(self.blocks)) if self.levels is not None else None
+        if levels is not None:
+            return self._swap(plan, levels)
+        self.restore()
         return prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False)
+
+    def _swap(self, plan: PruningPlan, levels: dict[str, int]) -> PruneResult:
+        self.levels.swap_into(self.modules, self.dense, levels, self._applied["levels"])
+        self._applied["levels"] = dict(levels)
+        result = PruneResult(plan, info=dict(mode="one-shot", swapped="level database"))
+        for name, lv in levels.items():
+            lad = self.levels.ladders[name]
+            zeros = int((self.modules[name].weight == 0).sum())
+            numel = lad.rows * lad.cols
+            result.layers[name] = dict(target=lad.sparsity_at(lv), zeros=zeros, numel=numel, sparsity=round(zeros / numel, 6),
+                                       level=lv)
+        return result
 
     def pruned_delta(self, name: str) -> torch.Tensor:
         """dW = W_dense - W_pruned of one layer (its current weights)."""

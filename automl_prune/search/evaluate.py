@@ -53,6 +53,8 @@ def evaluate_params(params: dict, *, space, profile, ctx, objectives: list, memo
     attrs.update(mask_hash=score.mask_hash, realised_sparsity=score.realised_sparsity, seconds=round(score.seconds, 3))
     if score.info.get("reused"):
         attrs["reused"] = score.info["reused"]
+    if score.info.get("swapped"):
+        attrs["swapped"] = score.info["swapped"]
     memo.by_key[key] = score.values
     memo.by_mask[score.mask_hash] = score.values
     return Outcome("complete", list(score.values), attrs)

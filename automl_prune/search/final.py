@@ -69,6 +69,8 @@ def _target(plan: PruningPlan, realised: float) -> tuple[float | None, str]:
         return None, plan.pattern
     if isinstance(plan.sparsity, float) and not plan.layer_sparsity:
         return plan.sparsity, "unstructured"
+    if isinstance(plan.sparsity, float) and abs(realised - plan.sparsity) < 0.005:
+        return plan.sparsity, "unstructured"  # per-layer sparsities around a stated target (levels)
     return round(realised, 4), "unstructured"
 
 

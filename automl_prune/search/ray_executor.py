@@ -227,6 +227,13 @@ def ray_loop(state: SearchState, out: Path, progress: bool = True) -> int:
             before = state.finished()
             pymoo_loop(state, out, progress=progress, evaluate=evaluate_on(actors))
             return state.finished() - before
+        if state.config.searcher.name == "evolution":  # generations farmed out to actors, as pymoo's
+            from .evolution import evolution_loop
+
+            actors = actor_pool(state.config, storage_url(state.config, out), state.config.ray.max_concurrent_trials)
+            before = state.finished()
+            evolution_loop(state, out, progress=progress, evaluate=evaluate_on(actors))
+            return state.finished() - before
         return tune_loop(state, out, progress=progress)
     finally:
         ray.shutdown()

@@ -348,11 +348,18 @@ def selection_section(final: dict) -> list[str]:
         return []
     obj = sel["objective"]["name"]
     fid = {r["stage"]: r for r in (sel.get("fidelity") or {}).get("stages", [])}
-    lines = ["", "### Selection", "",
-             f"The fast objective's {sel['pool']} best distinct candidates and the named points were scored again by "
-             f"`{obj}` in stages on fresh calibration-domain tokens (overlapping none of the calibration and probe "
-             "windows; every candidate of a stage on the same windows); the best of the last stage is the selected plan. "
-             f"Selection took {sel.get('seconds', 0):.0f} s.", "",
+    if sel.get("searcher") == "evolution":
+        intro = (f"Evolution over {sel.get('generations', 0)} generations: every child scored by the fast objective "
+                 f"(stage 1); each generation's best children and the parent ({sel['pool']} candidates in all) scored "
+                 f"again by `{obj}` on fresh calibration-domain tokens, a new minibatch every generation, all finalists of a "
+                 "generation on the same one (stage 2, overlapping none of the calibration and probe windows); the last "
+                 "parent is the selected plan. The table shows the last generation's stage.")
+    else:
+        intro = (f"The fast objective's {sel['pool']} best distinct candidates and the named points were scored again by "
+                 f"`{obj}` in stages on fresh calibration-domain tokens (overlapping none of the calibration and probe "
+                 "windows; every candidate of a stage on the same windows); the best of the last stage is the selected "
+                 f"plan. Selection took {sel.get('seconds') or 0:.0f} s.")
+    lines = ["", "### Selection", "", intro, "",
              f"| stage | tokens (windows x seqlen) | candidates | kept | best trial | best {obj} | Spearman with held-out "
              "(stage / fast objective, n) |", "|---:|---|---:|---:|---:|---:|---|"]
     for st in sel["stages"]:
@@ -386,7 +393,8 @@ def searcher_text(searcher: dict | None) -> str:
     if not searcher:
         return "?"
     name = searcher.get("name")
-    extra = {"tpe": ["n_startup_trials"], "nsga3": ["population"], "pymoo-nsga3": ["population"]}.get(name, [])
+    extra = {"tpe": ["n_startup_trials"], "nsga3": ["population"], "pymoo-nsga3": ["population"],
+             "evolution": ["offspring", "survivors", "stage_tokens"]}.get(name, [])
     parts = [f"seed {searcher.get('seed')}"] + [f"{k.replace('_', ' ')} {searcher[k]}" for k in extra if k in searcher]
     if not searcher.get("seed_named_points", True):
         parts.append("named points not seeded")

@@ -39,6 +39,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     if not study.trials and config.searcher.seed_named_points:
         for name, point in space.named_points().items():
             study.enqueue_trial(point, user_attrs={"named_point": name})
+    evolved = None
     start = time.perf_counter()
     log.info("search: %s on the %s executor, %d trials finished so far, budget %s trials / %s s", config.searcher.name,
              config.executor, state.finished(), config.budget.trials, config.budget.timeout)
@@ -46,12 +47,20 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
         from .ray_executor import ray_loop
 
         state.new_trials = ray_loop(state, out, progress=progress)
+    elif config.searcher.name == "evolution":
+        from .evolution import evolution_loop
+
+        evolution_loop(state, out, progress=progress)
     elif config.searcher.name == "pymoo-nsga3":
         from .pymoo_driver import pymoo_loop
 
         pymoo_loop(state, out, progress=progress)
     else:
         optuna_loop(state, progress=progress)
+    if config.searcher.name == "evolution":
+        from .evolution import ATTR, selection_record
+
+        evolved = selection_record(state, study.user_attrs.get(ATTR) or {})
     seconds = time.perf_counter() - start
     before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     finished = state.finished()
@@ -63,7 +72,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     log.info("search: %d trials this run in %.0f s, %d finished in the study (%s)", state.new_trials, seconds, finished,
              meta["stopped_by"])
-    selection = None
+    selection = evolved
     if config.selection is not None:
         start = time.perf_counter()
         selection = run_selection(state, progress=progress)

@@ -51,15 +51,17 @@ def setting_key(config: StudyConfig) -> str:
 
 def pool(state: SearchState) -> list[FrozenTrial]:
     """The fast objective's ``selection.candidates`` best trials with distinct masks, then every
-    named point not among them (so the last stage compares the selected plan with them too)."""
+    named point not among them (so the last stage compares the selected plan with them too) and
+    the trial the searcher itself chose (the evolution's last parent), when there is one."""
     sign = 1.0 if directions_of(state.config, state.objectives)[0] == "minimize" else -1.0
     done = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
+    chosen = state.study.user_attrs.get(SELECTED) if state.config.searcher.name == "evolution" else None
     out, seen = [], set()
     for t in sorted(done, key=lambda t: (sign * t.values[0], t.number)):
         key = t.user_attrs.get("mask_hash") or t.user_attrs.get("canonical_key") or t.number
         if key in seen:
             continue
-        if len(out) < state.config.selection.candidates or t.user_attrs.get("named_point"):
+        if len(out) < state.config.selection.candidates or t.user_attrs.get("named_point") or t.number == chosen:
             seen.add(key)
             out.append(t)
     return out

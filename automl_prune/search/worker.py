@@ -44,7 +44,21 @@ class Worker:
                 log.warning("worker could not read the study for reuse: %s", exc)
 
     def evaluate(self, params: dict) -> Outcome:
+        if self.ctx.levels is None and getattr(self.space.allocation, "ladders", None) is not None:
+            self._open_levels(params)
         outcome = evaluate_params(params, space=self.space, profile=self.profile, ctx=self.ctx, objectives=self.objectives,
                                   memo=self.memo)
         outcome.attrs["worker_pid"] = os.getpid()
         return outcome
+
+    def _open_levels(self, params: dict) -> None:
+        """Swap candidates in from the level database the driver built (pruned as usual until then)."""
+        from .evolution import open_database
+
+        try:
+            db = open_database(self.ctx, self.space, self.space.decode(params, self.profile), self.config.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - the database is an optimisation only
+            log.warning("worker: no level database: %s", exc)
+            return
+        if not db.missing():
+            self.ctx.levels = db

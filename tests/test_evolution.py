@@ -1,0 +1,136 @@
+"""The level database and the evolution searcher (EvoPress): ladders keep the exact sparsity,
+swapped layers equal pruned ones, the database refuses another key and resumes a build, the
+evolution resumes at its generation, and its selected plan is compared held out."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import optuna
+import pytest
+import torch
+
+from automl_prune.errors import UserError
+from automl_prune.pruning.apply import prune_model
+from automl_prune.pruning.database import LevelDatabase
+from automl_prune.pruning.levels import default_step, ladder
+from automl_prune.pruning.plan import PruningPlan
+from automl_prune.search.config import load_config
+from automl_prune.search.evolution import ATTR, level_switch
+from automl_prune.search.run import run_search
+from study_configs import tiny_study_config
+
+WANDA = {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "beta": [0, 0], "gamma": [1, 1], "norms": ["l2"],
+         "activations": ["l2"], "clip": False}
+LEVELS_SPACE = {"metric": WANDA, "allocation": {"name": "levels", "levels": 4, "base": "owl"},
+                "pattern": {"name": "unstructured", "sparsity": 0.6}}
+
+
+def test_ladder_steps_are_whole_rows_and_the_level_switch_keeps_the_exact_count():
+    shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+    step = default_step(shapes, 0.7, 8, "row")
+    assert step % 4608 == 0  # lcm of the row counts
+    ladders = {f"l{i}": ladder(r, c, s, step, 8, "row") for i, ((r, c), s) in enumerate(zip(shapes, [0.7, 0.62, 0.75, 0.7]))}
+    for lad in ladders.values():
+        assert lad.low <= 0 <= lad.high and all(0 <= z < lad.group_size for z in lad.zeros)
+        assert all(lad.pruned_at(lv + 1) - lad.pruned_at(lv) == step for lv in range(lad.low, lad.high))
+    base = sum(lad.pruned_at(0) for lad in ladders.values())
+    rng = random.Random(0)
+    levels = {k: 0 for k in ladders}
+    bounds = {k: (v.low, v.high) for k, v in ladders.items()}
+    for _ in range(200):
+        levels = level_switch(levels, bounds, rng)
+        assert all(bounds[k][0] <= v <= bounds[k][1] for k, v in levels.items())
+        assert sum(ladders[k].pruned_at(v) for k, v in levels.items()) == base  # exact, not approximate
+    assert any(levels.values())
+
+
+def _database(calibrated, tmp_path, plan, levels=2):
+    model, stats, info = calibrated
+    from automl_prune.models.adapters import decoder_blocks, prunable_linears
+
+    blocks = decoder_blocks(model)
+    mods = {f"{i}.{n}": lin for i, b in enumerate(blocks) for n, lin in prunable_linears(b).items()}
+    shapes = [tuple(m.weight.shape) for m in mods.values()]
+    step = default_step(shapes, 0.6, levels, "row")
+    ladders = {k: ladder(*m.weight.shape, 0.6, step, levels, "row") for k, m in mods.items()}
+    key = {"test": 1, "plan": plan.to_dict()}
+    return model, stats, mods, ladders, LevelDatabase(tmp_path / "db", key, ladders, plan)
+
+
+@pytest.mark.parametrize("update", ["none", "sparsegpt"])
+def test_swapped_layers_equal_pruned_layers(calibrated, tmp_path, update):
+    plan = PruningPlan(metric={"name": "wanda"}, sparsity=0.6, update=update)
+    model, stats, mods, ladders, db = _database(calibrated, tmp_path, plan)
+    if update != "none":  # the update reads the Gram matrices
+        from automl_prune.calibration.dense import dense_statistics
+        from tiny_models import byte_windows
+
+        stats = dense_statistics(model, byte_windows(8, 64)[0], with_gram=True, use_cache=False, progress=False).stats
+    dense = {k: m.weight.detach().clone() for k, m in mods.items()}
+    db.build(dense, lambda n: stats[int(n.split(".")[0])][n.split(".", 1)[1]], progress=False)
+    assert not db.missing()
+    rng = random.Random(1)
+    levels = {k: rng.randint(v.low, v.high) for k, v in ladders.items()}
+    layer_sparsity = {k: ladders[k].sparsity_at(lv) for k, lv in levels.items()}
+    per_layer = plan.with_fields(layer_sparsity=layer_sparsity)
+    assert db.levels_of(per_layer, 4) == levels
+    db.swap_into(mods, dense, levels, None)
+    swapped = {k: m.weight.detach().clone() for k, m in mods.items()}
+    for k, m in mods.items():
+        m.weight.data.copy_(dense[k])
+    prune_model(model, per_layer, stats=stats, progress=False)
+    for k, m in mods.items():
+        assert torch.equal(m.weight, swapped[k]), k
+        assert int((m.weight == 0).sum()) == ladders[k].pruned_at(levels[k])
+    for k, m in mods.items():
+        m.weight.data.copy_(dense[k])
+    # another metric or a sparsity off the ladders is pruned, not swapped
+    assert db.levels_of(per_layer.with_fields(metric={"name": "magnitude"}), 4) is None
+    assert db.levels_of(plan.with_fields(sparsity=0.55), 4) is None
+
+
+def test_database_refuses_another_key_and_resumes_a_build(calibrated, tmp_path):
+    plan = PruningPlan(metric={"name": "wanda"}, sparsity=0.6)
+    model, stats, mods, ladders, db = _database(calibrated, tmp_path, plan)
+    dense = {k: m.weight.detach().clone() for k, m in mods.items()}
+    db.build(dense, lambda n: stats[int(n.split(".")[0])][n.split(".", 1)[1]], progress=False)
+    first = db.path(0).stat().st_mtime_ns
+    db.path(1).unlink()
+    assert db.missing() == [1]
+    db.build(dense, lambda n: stats[int(n.split(".")[0])][n.split(".", 1)[1]], progress=False)
+    assert not db.missing() and db.path(0).stat().st_mtime_ns == first  # only the missing level rebuilt
+    with pytest.raises(UserError, match="built for another setting .*plan"):
+        LevelDatabase(tmp_path / "db", {"test": 1, "plan": plan.with_fields(update="sparsegpt").to_dict()}, ladders,
+                      plan.with_fields(update="sparsegpt"))
+    with pytest.raises(UserError, match="one-shot"):
+        LevelDatabase(tmp_path / "db2", {}, ladders, plan.with_fields(mode="sequential"))
+
+
+def test_evolution_study_resumes_and_reports_the_selected_plan(tmp_path, tiny_llama_dir, data_dir):
+    searcher = {"name": "evolution", "seed": 0, "offspring": 4, "survivors": 1, "stage_tokens": 128}
+    path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, space=LEVELS_SPACE, searcher=searcher,
+                             objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 6},
+                             final={"top": 1, "fidelity_sample": 0, "baselines": ["owl"]})
+    out = tmp_path / "run"
+    run_search(load_config(path), out, progress=False)
+    study = optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}")
+    record = study.user_attrs[ATTR]
+    assert len(record["parents"]) == 2  # the named point, then 4 + 1 children
+    plans = [PruningPlan.from_dict(t.user_attrs["plan"]) for t in study.trials]
+    counts = {round(sum(p.layer_sparsity.values()), 9) for p in plans}
+    final = json.loads((out / "final.json").read_text())
+    assert final["selection"]["selected"] == record["parents"][-1]
+    # resume with a larger budget: generations continue, nothing scored twice
+    before = len(study.trials)
+    path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, space=LEVELS_SPACE, searcher=searcher,
+                             objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 10},
+                             final={"top": 1, "fidelity_sample": 0, "baselines": ["owl"]})
+    run_search(load_config(path), out, progress=False)
+    study = optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 10 and len(study.user_attrs[ATTR]["parents"]) == 3
+    keys = [t.user_attrs["canonical_key"] for t in study.trials]
+    assert len(set(keys)) == len(keys)  # duplicate children rejected
+    report = (out / "report.md").read_text()
+    assert "Evolution over 3 generations" in report
