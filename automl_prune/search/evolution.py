@@ -37,7 +37,6 @@ from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
-from ..data import fresh_windows
 from ..errors import UserError
 from ..models.gguf_cache import default_cache_dir
 from ..progress import progress_bar
@@ -84,6 +83,7 @@ def open_database(ctx, space, plan: PruningPlan, cache_dir=None) -> LevelDatabas
 def attach_database(ctx, space, plan: PruningPlan, cache_dir=None, *, build: bool = True,
                     progress: bool = True) -> LevelDatabase:
     db = open_database(ctx, space, plan, cache_dir)
+    log.info("level database: %s", db.describe())
     if build:
         db.build(ctx.dense, lambda name: ctx.stats[int(name.split(".", 1)[0])].get(name.split(".", 1)[1]), progress=progress)
     elif db.missing():
@@ -121,15 +121,11 @@ def _setting(config: StudyConfig) -> dict:
 
 def _stage_pool(state: SearchState):
     """The second stage's pool of fresh windows (``stage_pool`` stage minibatches), drawn once."""
-    config = state.config
-    c, p, s = config.calibration, config.probe, config.searcher
-    n, seqlen = selection_seqlen(config, s.stage_tokens)
-    avoid = [dict(nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed)]
-    if p.source is None or p.source == c.source:
-        avoid.append(dict(nsamples=p.nsamples, seqlen=p.seqlen, seed=p.seed))
-    bos = bool(state.ctx.info.get("calibration", {}).get("bos"))
-    return fresh_windows(c.source, state.ctx.tokenizer, nsamples=n * s.stage_pool, seqlen=seqlen, seed=s.seed + STAGE_SEED,
-                         avoid=avoid, data_dir=config.data_dir, split=c.split, text_field=c.text_field, bos=bos), n
+    from .selection import fresh_stage_windows
+
+    s = state.config.searcher
+    n, _ = selection_seqlen(state.config, s.stage_tokens)
+    return fresh_stage_windows(state, s.stage_tokens, s.seed + STAGE_SEED, s.stage_pool), n
 
 
 class _Stage:
@@ -212,8 +208,6 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
             parent = min(starts, key=lambda t: (sign * t.values[0], t.number))
         start_plan = PruningPlan.from_dict(parent.user_attrs["plan"])
         if state.ctx.levels is None:
-            db = open_database(state.ctx, space, start_plan, config.cache_dir)
-            log.info("level database: %s", db.describe())
             attach_database(state.ctx, space, start_plan, config.cache_dir, progress=progress)
         stage = _Stage(state) if s.stage_tokens else None
         if stage is not None:

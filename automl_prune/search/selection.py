@@ -67,17 +67,24 @@ def pool(state: SearchState) -> list[FrozenTrial]:
     return out
 
 
-def stage_windows(state: SearchState, index: int):
-    """The fresh windows of stage ``index`` (identical for every candidate of the stage)."""
+def fresh_stage_windows(state: SearchState, tokens: int, seed: int, minibatches: int = 1):
+    """``minibatches`` x ``tokens`` fresh calibration-domain tokens overlapping none of the
+    calibration and probe windows (selection stages, the evolution's second stage)."""
     config = state.config
-    sel, c, p = config.selection, config.calibration, config.probe
-    n, seqlen = selection_seqlen(config, sel.stages[index].tokens)
+    c, p = config.calibration, config.probe
+    n, seqlen = selection_seqlen(config, tokens)
     bos = bool(state.ctx.info.get("calibration", {}).get("bos"))
     avoid = [dict(nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed)]
     if p.source is None or p.source == c.source:
         avoid.append(dict(nsamples=p.nsamples, seqlen=p.seqlen, seed=p.seed))
-    return fresh_windows(c.source, state.ctx.tokenizer, nsamples=n, seqlen=seqlen, seed=sel.seed + index, avoid=avoid,
+    return fresh_windows(c.source, state.ctx.tokenizer, nsamples=n * minibatches, seqlen=seqlen, seed=seed, avoid=avoid,
                          data_dir=config.data_dir, split=c.split, text_field=c.text_field, bos=bos)
+
+
+def stage_windows(state: SearchState, index: int):
+    """The fresh windows of stage ``index`` (identical for every candidate of the stage)."""
+    sel = state.config.selection
+    return fresh_stage_windows(state, sel.stages[index].tokens, sel.seed + index)
 
 
 def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
