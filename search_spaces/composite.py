@@ -88,7 +88,7 @@ class ComposedSpace(SearchSpace):
                 fields.update(sparsity=float(target), layer_sparsity=alloc)
             else:
                 fields["sparsity"] = alloc
-        fields.update({k: v for k, v in self.reconstruction.fields(params).items() if v != "none"})
+        fields.update(self.reconstruction.plan_fields(params))
         return PruningPlan.from_dict(fields, source=f"candidate of space {self.name}")
 
     def named_points(self) -> dict[str, dict]:

@@ -6,6 +6,8 @@
       update:  [none, sparsegpt, admm]   # weight update of the kept weights
       refine:  [none, dsnot]             # DSnoT mask refinement before the update
       permute: [none, heuristic]         # N:M only: RIA channel permutation (or lsa)
+      admm: {gradual: true}              # ADMM settings when the update is admm (the plan's defaults
+                                         # otherwise; --method admm uses gradual masks)
 
 Each list is a categorical parameter (``recon.update``, ...); a single choice is fixed. Named
 points: the first choice of each (the default, labelled by what is not "none", e.g. ``dsnot``),
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from automl_prune.pruning.plan import Permute, Refine, Update
+from automl_prune.pruning.plan import AdmmOptions, Permute, Refine, Update
 
 from .parts import Part, PartConfig
 
@@ -31,6 +33,7 @@ class ReconstructionConfig(PartConfig):
     update: list[Update] = ["none"]
     refine: list[Refine] = ["none"]
     permute: list[Permute] = ["none"]
+    admm: AdmmOptions = AdmmOptions()
 
     @field_validator("update", "refine", "permute")
     @classmethod
@@ -62,6 +65,14 @@ class ReconstructionSpace(Part):
     def fields(self, params: dict) -> dict[str, str]:
         """The plan fields of these parameters."""
         return {key: self.value(params, key) for key in FIELDS}
+
+    def plan_fields(self, params: dict) -> dict:
+        """The plan fields a candidate gets: the choices other than "none", and the ADMM settings
+        when the update is ADMM."""
+        out: dict = {k: v for k, v in self.fields(params).items() if v != "none"}
+        if out.get("update") == "admm":
+            out["admm"] = self.config.admm.model_dump()
+        return out
 
     def named_points(self) -> dict[str, dict]:
         first = {key: getattr(self.config, key)[0] for key in FIELDS}

@@ -59,9 +59,11 @@ def _database(calibrated, tmp_path, plan, levels=2):
     return model, stats, mods, ladders, LevelDatabase(tmp_path / "db", key, ladders, plan)
 
 
-@pytest.mark.parametrize("update", ["none", "sparsegpt"])
+@pytest.mark.parametrize("update", ["none", "sparsegpt", "admm"])
 def test_swapped_layers_equal_pruned_layers(calibrated, tmp_path, update):
     plan = PruningPlan(metric={"name": "wanda"}, sparsity=0.6, update=update)
+    if update == "admm":  # as --method admm: Wanda's score over the whole matrix, gradual masks
+        plan = plan.with_fields(group="matrix", admm={"gradual": True, "iterations": 4, "gradual_iterations": 3})
     model, stats, mods, ladders, db = _database(calibrated, tmp_path, plan)
     if update != "none":  # the update reads the Gram matrices
         from automl_prune.calibration.dense import dense_statistics
@@ -134,3 +136,24 @@ def test_evolution_study_resumes_and_reports_the_selected_plan(tmp_path, tiny_ll
     assert len(set(keys)) == len(keys)  # duplicate children rejected
     report = (out / "report.md").read_text()
     assert "Evolution over 3 generations" in report
+
+
+def test_evolution_over_updated_layers_starts_at_the_base_allocation(tmp_path, tiny_llama_dir, data_dir):
+    """A space without a named point (Wanda's score over the whole matrix, with the ADMM update and
+    its settings from the space) starts at the base allocation; children are swapped from a database
+    of updated weights."""
+    space = {"metric": {**WANDA, "group": "matrix"}, "allocation": {**LEVELS_SPACE["allocation"], "group": "matrix"},
+             "pattern": LEVELS_SPACE["pattern"],
+             "reconstruction": {"update": ["admm"], "admm": {"gradual": True, "iterations": 4, "gradual_iterations": 3}}}
+    searcher = {"name": "evolution", "seed": 0, "offspring": 3, "survivors": 1, "stage_tokens": 128}
+    path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, space=space, searcher=searcher,
+                             objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 4},
+                             final={"top": 1, "fidelity_sample": 0, "baselines": ["admm"]})
+    out = tmp_path / "run"
+    run_search(load_config(path), out, progress=False)
+    study = optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}")
+    first, *children = study.trials
+    assert first.user_attrs["named_point"] == "owl" and all(v == 0 for v in first.params.values())
+    plans = [PruningPlan.from_dict(t.user_attrs["plan"]) for t in study.trials]
+    assert all(p.update == "admm" and p.admm.gradual and p.admm.iterations == 4 and p.group == "matrix" for p in plans)
+    assert children and all(t.user_attrs.get("swapped") for t in children)

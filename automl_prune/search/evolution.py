@@ -185,6 +185,12 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
         by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
         return [by_number[t.number] for t in asked]
 
+    if not study.trials:  # no named point in this space (e.g. Wanda's score over the whole matrix): the base
+        others = sorted(set(dists) - set(level_keys))
+        if others:
+            raise UserError(f"evolution: the space has no named start point and searches {', '.join(others)} besides the "
+                            "levels; fix those parameters (one choice each): the evolution mutates the allocation only")
+        study.enqueue_trial({k: 0 for k in level_keys}, user_attrs={"named_point": space.allocation.base_label})
     try:
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if waiting:  # the named points first
