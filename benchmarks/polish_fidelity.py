@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.search.candidate import score_candidate
 from automl_prune.search.config import load_config, on_windows
-from automl_prune.search.driver import storage_url
+from automl_prune.search.storage import storage_url
 from automl_prune.search.final import HeldoutEvaluator
 from automl_prune.search.polish import polish_study_name
 from automl_prune.search.setup import build_context

@@ -21,6 +21,10 @@ from automl_prune.search.config import load_config
 from automl_prune.search.run import run_search
 from study_configs import tiny_study_config
 
+# the `ray` command of this interpreter's environment (found without an activated virtualenv too)
+_RAY_HERE = os.path.join(os.path.dirname(sys.executable), "ray")
+RAY = _RAY_HERE if os.path.exists(_RAY_HERE) else "ray"
+
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -47,7 +51,7 @@ def ray_clean():
     yield
     if ray.is_initialized():
         ray.shutdown()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
 SELECTION = {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}], "candidates": 3, "seqlen": 64,
@@ -114,11 +118,11 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, tiny_llama_dir, da
     port = _free_port()
     env = dict(_env(), RAY_AUTH_MODE="disabled")  # a throwaway local cluster: no token (this driver has none)
     common = ["--num-cpus=1", "--object-store-memory=100000000"]
-    head = subprocess.run(["ray", "start", "--head", f"--port={port}", "--resources", '{"head_slot": 1}', *common,
+    head = subprocess.run([RAY, "start", "--head", f"--port={port}", "--resources", '{"head_slot": 1}', *common,
                            "--include-dashboard=false", "--disable-usage-stats"],
                           capture_output=True, text=True, timeout=180, env=env)
     assert head.returncode == 0, head.stderr[-2000:]
-    worker = subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--resources", '{"worker_slot": 1}', *common],
+    worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--resources", '{"worker_slot": 1}', *common],
                             capture_output=True, text=True, timeout=180, env=env)
     assert worker.returncode == 0, worker.stderr[-2000:]
     # pymoo NSGA-III farms each generation out to two actors of one CPU each: one per node
@@ -215,7 +219,7 @@ def test_interrupted_search_resumes_the_same_study(tmp_path, tiny_llama_dir, dat
     before = _wait_for(out, 4, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the search and the Ray instance it started
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
     again = _search(path, out, _env())
     rc, output = _finish(again, 400)
     assert rc == 0, output

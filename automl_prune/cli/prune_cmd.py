@@ -88,7 +88,7 @@ def plan_defaults(args: argparse.Namespace, plan: PruningPlan) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import calibration_windows, evaluation_windows
+    from ..data import calibration_windows, check_source, evaluation_windows
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity
     from ..export import export_pruned
@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "plan.yaml").exists():
         raise UserError(f"output folder {out} exists and is not an automl-prune export; choose an empty or new folder")
+    if needs_statistics(plan):  # open the text before the model loads, so a bad source fails at once
+        check_source(args.calib, "calibration", data_dir=args.data_dir, split=args.calib_split, text_field=args.text_field)
+    for s in sources:
+        check_source(s, "evaluation", data_dir=args.data_dir)
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]

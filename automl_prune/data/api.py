@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from automl_prune.data.check import naming_source
 from automl_prune.data.sources import Corpus, resolve_corpus
 from automl_prune.data.windows import (DocumentTokens, TokenWindows, document_positions, make_encoder, sample_documents,
                                        sample_stream, split_stream, stack_windows, stream_positions, windows_sha256)
@@ -30,16 +31,17 @@ def calibration_windows(source: str | os.PathLike, tokenizer: Any, *, nsamples: 
     """
     source = os.fspath(source)
     _check_positive(seqlen=seqlen, nsamples=nsamples)
-    corpus = resolve_corpus(source, "calibration", data_dir=data_dir, split=split, text_field=text_field)
     encode = make_encoder(tokenizer, bos)
     length = _text_length(seqlen, bos)
-    tokens = DocumentTokens(corpus.documents, encode)
-    sampler = _sampler(corpus, tokens, length)
-    if sampler == "documents":
-        windows, available = sample_documents(tokens, nsamples=nsamples, length=length, seed=seed), None
-    else:
-        stream = encode(corpus.joiner.join(corpus.documents))
-        windows, available = sample_stream(stream, nsamples=nsamples, length=length, seed=seed), stream.numel()
+    with naming_source(source, "calibration"):
+        corpus = resolve_corpus(source, "calibration", data_dir=data_dir, split=split, text_field=text_field)
+        tokens = DocumentTokens(corpus.documents, encode)
+        sampler = _sampler(corpus, tokens, length)
+        if sampler == "documents":
+            windows, available = sample_documents(tokens, nsamples=nsamples, length=length, seed=seed), None
+        else:
+            stream = encode(corpus.joiner.join(corpus.documents))
+            windows, available = sample_stream(stream, nsamples=nsamples, length=length, seed=seed), stream.numel()
     return _finish(windows, tokenizer, corpus, purpose="calibration", source=source, sampler=sampler, seed=seed,
                    seqlen=seqlen, nsamples=nsamples, bos=bos, tokens_available=available)
 
@@ -54,30 +56,31 @@ def fresh_windows(source: str | os.PathLike, tokenizer: Any, *, nsamples: int, s
     :func:`calibration_windows`; a draw that overlaps is drawn again."""
     source = os.fspath(source)
     _check_positive(seqlen=seqlen, nsamples=nsamples)
-    corpus = resolve_corpus(source, "calibration", data_dir=data_dir, split=split, text_field=text_field)
     encode = make_encoder(tokenizer, bos)
     length = _text_length(seqlen, bos)
-    tokens = DocumentTokens(corpus.documents, encode)
-    sampler = _sampler(corpus, tokens, length)
-    for a in avoid:
-        other = _sampler(corpus, tokens, _text_length(a["seqlen"], bos))
-        if other != sampler:
-            raise UserError(f"windows of {seqlen} tokens of {source} are drawn by the {sampler} sampler but those of "
-                            f"{a['seqlen']} tokens by the {other} sampler, so they cannot be kept apart; use the "
-                            "calibration's seqlen for the selection windows")
-    if sampler == "documents":
-        taken = [(d, st, _text_length(a["seqlen"], bos)) for a in avoid
-                 for d, st in document_positions(tokens, nsamples=a["nsamples"], length=_text_length(a["seqlen"], bos),
-                                                 seed=a["seed"])]
-        positions = document_positions(tokens, nsamples=nsamples, length=length, seed=seed, exclude=taken)
-        windows, available = [tokens[d][st:st + length] for d, st in positions], None
-    else:
-        stream = encode(corpus.joiner.join(corpus.documents))
-        taken = [(st, _text_length(a["seqlen"], bos)) for a in avoid
-                 for st in stream_positions(stream.numel(), nsamples=a["nsamples"], length=_text_length(a["seqlen"], bos),
-                                            seed=a["seed"])]
-        starts = stream_positions(stream.numel(), nsamples=nsamples, length=length, seed=seed, exclude=taken)
-        windows, available = [stream[st:st + length] for st in starts], stream.numel()
+    with naming_source(source, "calibration"):
+        corpus = resolve_corpus(source, "calibration", data_dir=data_dir, split=split, text_field=text_field)
+        tokens = DocumentTokens(corpus.documents, encode)
+        sampler = _sampler(corpus, tokens, length)
+        for a in avoid:
+            other = _sampler(corpus, tokens, _text_length(a["seqlen"], bos))
+            if other != sampler:
+                raise UserError(f"windows of {seqlen} tokens of {source} are drawn by the {sampler} sampler but "
+                                f"those of {a['seqlen']} tokens by the {other} sampler, so they cannot be kept apart; "
+                                "use the calibration's seqlen for the selection windows")
+        if sampler == "documents":
+            taken = [(d, st, _text_length(a["seqlen"], bos)) for a in avoid
+                     for d, st in document_positions(tokens, nsamples=a["nsamples"],
+                                                     length=_text_length(a["seqlen"], bos), seed=a["seed"])]
+            positions = document_positions(tokens, nsamples=nsamples, length=length, seed=seed, exclude=taken)
+            windows, available = [tokens[d][st:st + length] for d, st in positions], None
+        else:
+            stream = encode(corpus.joiner.join(corpus.documents))
+            taken = [(st, _text_length(a["seqlen"], bos)) for a in avoid
+                     for st in stream_positions(stream.numel(), nsamples=a["nsamples"],
+                                                length=_text_length(a["seqlen"], bos), seed=a["seed"])]
+            starts = stream_positions(stream.numel(), nsamples=nsamples, length=length, seed=seed, exclude=taken)
+            windows, available = [stream[st:st + length] for st in starts], stream.numel()
     return _finish(windows, tokenizer, corpus, purpose="selection", source=source, sampler=sampler, seed=seed,
                    seqlen=seqlen, nsamples=nsamples, bos=bos, tokens_available=available)
 
@@ -94,11 +97,13 @@ def evaluation_windows(source: str | os.PathLike, tokenizer: Any, *, seqlen: int
     """
     source = os.fspath(source)
     _check_positive(seqlen=seqlen, max_windows=max_windows)
-    corpus = resolve_corpus(source, "evaluation", data_dir=data_dir, split=split, text_field=text_field)
     encode = make_encoder(tokenizer, bos)
-    stream = encode(corpus.joiner.join(corpus.documents))
-    limits = [n for n in (max_windows, corpus.window_cap) if n is not None]
-    windows = split_stream(stream, length=_text_length(seqlen, bos), max_windows=min(limits, default=None))
+    length = _text_length(seqlen, bos)
+    with naming_source(source, "evaluation"):
+        corpus = resolve_corpus(source, "evaluation", data_dir=data_dir, split=split, text_field=text_field)
+        stream = encode(corpus.joiner.join(corpus.documents))
+        limits = [n for n in (max_windows, corpus.window_cap) if n is not None]
+        windows = split_stream(stream, length=length, max_windows=min(limits, default=None))
     return _finish(windows, tokenizer, corpus, purpose="evaluation", source=source, sampler="stream", seed=None,
                    seqlen=seqlen, nsamples=None, bos=bos, tokens_available=stream.numel())
 

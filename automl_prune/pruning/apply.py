@@ -72,7 +72,7 @@ def prune_model(
     def prune_block(i: int, block: nn.Module, block_stats: BlockStats) -> None:
         for name, lin in prunable_linears(block).items():
             target = plan.sparsity_for(i, name, len(blocks))
-            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name)
+            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name, block=i)
             if "order" in info:
                 result.permutations[f"{i}.{name}"] = info.pop("order")
             lin.weight.data.copy_(new)

@@ -14,6 +14,12 @@ that an allocation candidate costs a swap of stored layers and a forward pass in
   another key is refused, never reused.
 - Built one level at a time (one safetensors file per level, written atomically): an interrupted
   build resumes with the missing levels.
+- Verified: each level file's sha256 is written (atomically) to ``level_<l>.sha256`` before the
+  level file is renamed into place, so a level file never exists without its hash (except in a
+  folder built before hashes were recorded). ``build()`` checks every present level file once
+  (a few seconds per GB), removes those that fail (changed bytes, no hash) with a warning naming
+  the file, and rebuilds them; ``entry()`` checks a level not checked yet in this process when it
+  first opens it, and refuses (removing it, so the next build rebuilds it) one that fails.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..integrity import hash_problem, sha256_file, write_atomic
 from ..progress import progress_bar
 from .layer import prune_weight
 from .levels import LayerLadder
@@ -69,6 +77,7 @@ class LevelDatabase:
         self.kind = "mask" if plan.update == "none" else "weight"
         self.dtype = dtype
         self._handles: dict[int, object] = {}
+        self._verified: set[int] = set()  # levels whose file passed its hash in this process
         meta = self.folder / "meta.json"
         if meta.exists():
             stored = json.loads(meta.read_text())
@@ -78,7 +87,7 @@ class LevelDatabase:
                                 f"{', '.join(diff)}); remove that folder or use another cache directory")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            meta.write_text(json.dumps(dict(key=key, kind=self.kind), indent=1))
+            write_atomic(meta, json.dumps(dict(key=key, kind=self.kind), indent=1).encode())
 
     # ----- layout -------------------------------------------------------------------------------
     @property
@@ -90,8 +99,12 @@ class LevelDatabase:
     def path(self, level: int) -> Path:
         return self.folder / f"level_{level:+d}.safetensors"
 
+    def hash_path(self, level: int) -> Path:
+        return self.folder / f"level_{level:+d}.sha256"
+
     def missing(self) -> list[int]:
-        return [lv for lv in self.level_values if not self.path(lv).exists()]
+        """Levels without a level file or without its recorded hash (not checked: see ``verify``)."""
+        return [lv for lv in self.level_values if not (self.path(lv).exists() and self.hash_path(lv).exists())]
 
     def size_bytes(self) -> int:
         per = 1 if self.kind == "mask" else torch.empty((), dtype=self.dtype).element_size()
@@ -105,7 +118,9 @@ class LevelDatabase:
     # ----- build --------------------------------------------------------------------------------
     @torch.no_grad()
     def build(self, dense: dict[str, torch.Tensor], stats_of: Callable[[str], object], *, progress: bool = True) -> None:
-        """Prune and store every missing level (a level file appears only once complete)."""
+        """Check the stored levels (``verify``), then prune and store every missing one (a level file
+        appears only once complete, after its hash)."""
+        self.verify()
         todo = self.missing()
         if not todo:
             return
@@ -118,21 +133,69 @@ class LevelDatabase:
                 for name, lad in self.ladders.items():
                     if not lad.low <= lv <= lad.high:
                         continue
-                    new, _ = prune_weight(dense[name], stats_of(name), self.plan, lad.sparsity_at(lv), name.split(".", 1)[1])
+                    block, layer = name.split(".", 1)
+                    new, _ = prune_weight(dense[name], stats_of(name), self.plan, lad.sparsity_at(lv), layer, block=int(block))
                     tensors[name] = (new == 0).contiguous() if self.kind == "mask" else new.to(self.dtype).contiguous()
                     bar.update(1)
                 tmp = self.path(lv).with_suffix(".tmp")
                 save_file(tensors, str(tmp), metadata={"level": str(lv)})
+                write_atomic(self.hash_path(lv), sha256_file(tmp).encode())  # just written: from the page cache
                 os.replace(tmp, self.path(lv))
+                self._handles.pop(lv, None)
+                self._verified.add(lv)
         finally:
             bar.close()
 
+    # ----- verification -------------------------------------------------------------------------
+    def check(self, level: int) -> str | None:
+        """Why the present file of ``level`` fails its recorded hash; None when it passes."""
+        try:
+            recorded = self.hash_path(level).read_text().strip() if self.hash_path(level).exists() else None
+            return hash_problem(recorded, sha256_file(self.path(level)))
+        except OSError as exc:
+            return f"unreadable ({exc})"
+
+    def verify(self) -> list[int]:
+        """Check every present level file not checked yet in this process against its recorded
+        hash; remove those that fail, with a warning naming the file (``missing()`` then lists
+        them). Returns the removed levels."""
+        todo = [lv for lv in self.level_values if lv not in self._verified and self.path(lv).exists()]
+        if not todo:
+            return []
+        start, size, bad = time.perf_counter(), 0, []
+        for lv in todo:
+            size += self.path(lv).stat().st_size
+            problem = self.check(lv)
+            if problem is None:
+                self._verified.add(lv)
+            else:
+                log.warning("level database: %s: %s; removed, it will be rebuilt", self.path(lv), problem)
+                self._remove(lv)
+                bad.append(lv)
+        log.info("level database: checked the hashes of %d level files (%.2f GiB) in %.1f s%s", len(todo), size / 2**30,
+                 time.perf_counter() - start, f"; {len(bad)} failed" if bad else "")
+        return bad
+
+    def _remove(self, level: int) -> None:
+        self._handles.pop(level, None)
+        self._verified.discard(level)
+        self.path(level).unlink(missing_ok=True)
+        self.hash_path(level).unlink(missing_ok=True)
+
     # ----- read ---------------------------------------------------------------------------------
     def entry(self, name: str, level: int) -> torch.Tensor:
-        """The stored mask (True = pruned) or weights of layer ``name`` at ``level``."""
+        """The stored mask (True = pruned) or weights of layer ``name`` at ``level`` (the level's
+        file is checked against its hash when first opened, unless already checked)."""
         if level not in self._handles:
             if not self.path(level).exists():
                 raise UserError(f"the level database in {self.folder} has no level {level}; build it first")
+            if level not in self._verified:
+                problem = self.check(level)
+                if problem is not None:
+                    self._remove(level)
+                    raise UserError(f"the level database file {self.path(level)} failed its check: {problem}; "
+                                    f"it was removed, and the next run of the study rebuilds it")
+                self._verified.add(level)
             self._handles[level] = safe_open(str(self.path(level)), framework="pt")
         return self._handles[level].get_tensor(name)
 

@@ -16,12 +16,28 @@ from .plan import PruningPlan
 from .sparsegpt import sparsegpt_prune
 
 
-def metric_scores(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan) -> torch.Tensor:
-    """The plan's metric scores of ``weight``; PruningError if any is not finite."""
+#: What to do about non-finite statistics: the commands that can recompute them (``prune --no-cache``;
+#: ``search`` has no such flag, its statistics are recomputed once their cache entry is deleted).
+RECOMPUTE_HINT = ("if the statistics came from the cache, recompute them: rerun `automl-prune prune` with --no-cache, "
+                  "or delete the cache's stats/ folder (under --cache-dir, $AUTOML_PRUNE_CACHE or ~/.cache/automl-prune)")
+
+
+def _where(name: str, block: int | None) -> str:
+    """`` in layer <block>.<name>`` (``name`` alone when the block is not known; empty without a
+    name), for messages."""
+    if not name:
+        return ""
+    return f" in layer {name}" if block is None else f" in layer {block}.{name}"
+
+
+def metric_scores(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, label: str = "") -> torch.Tensor:
+    """The plan's metric scores of ``weight``; PruningError if any is not finite (``label``: where,
+    from ``_where``)."""
     s = score(plan.metric, weight, stats)
     if not torch.isfinite(s).all():
         bad = int((~torch.isfinite(s)).sum())
-        raise PruningError(f"metric {plan.metric.name} gave {bad} non-finite scores")
+        raise PruningError(f"metric {plan.metric.name} gave {bad} non-finite scores{label} "
+                           f"({RECOMPUTE_HINT})")
     return s
 
 
@@ -38,12 +54,12 @@ def metric_mask(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPl
     return mask_from_scores(metric_scores(weight, stats, plan), plan, sparsity)
 
 
-def _gradual_selector(stats: LinearStats, plan: PruningPlan, sparsity: float, perm: torch.Tensor | None):
+def _gradual_selector(stats: LinearStats, plan: PruningPlan, sparsity: float, perm: torch.Tensor | None, label: str = ""):
     """ADMM's gradual mask selection: the plan's metric on the iterate, at a fraction of the final
     sparsity (N:M: the N:M survivors plus the best of the rest, exactly N:M at the end)."""
 
     def select(w: torch.Tensor, fraction: float) -> torch.Tensor:
-        s = metric_scores(w, stats, plan)
+        s = metric_scores(w, stats, plan, label)
         if plan.nm is None:
             return unstructured_mask(s, sparsity * fraction, group=plan.group or default_group(plan.metric))
         final = mask_from_scores(s, plan, sparsity, perm)
@@ -56,22 +72,24 @@ def _gradual_selector(stats: LinearStats, plan: PruningPlan, sparsity: float, pe
 
 
 def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float,
-                 name: str = "") -> tuple[torch.Tensor, dict]:
+                 name: str = "", *, block: int | None = None) -> tuple[torch.Tensor, dict]:
     """The pruned copy of ``weight`` (same dtype) and a small info dict (``order``: the channel
     permutation as a tensor, when the plan permutes). ``name``: the layer's name in its block
-    (``mlp.down_proj``), for the refinement's ``skip`` list."""
+    (``mlp.down_proj``), for the refinement's ``skip`` list and messages; ``block``: its block's
+    index, for messages."""
     w = weight.detach().float()
     info: dict = {}
+    label = _where(name, block)
     if plan.needs_gram and (stats is None or stats.gram is None):
         raise PruningError(f"the {plan.update} update needs calibration statistics with a Gram matrix")
     if plan.metric is None:  # SparseGPT chooses its own mask
         nm = plan.nm
         new, _, info = sparsegpt_prune(w, stats, sparsity=sparsity, prune_n=nm[0] if nm else 0, prune_m=nm[1] if nm else 0)
-        return _checked(new, weight), info
+        return _checked(new, weight, label), info
     if sparsity <= 0.0 and plan.nm is None:
         return weight.detach().clone(), info
 
-    s = metric_scores(w, stats, plan)
+    s = metric_scores(w, stats, plan, label)
     perm = None
     if plan.permute != "none":
         p = nm_permutation(s, *plan.nm, lsa=plan.permute == "lsa")
@@ -96,16 +114,16 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
         info.update(sg_info)
     elif plan.update == "admm":
         opts = plan.admm
-        select = _gradual_selector(stats, plan, sparsity, perm) if opts.gradual else None
+        select = _gradual_selector(stats, plan, sparsity, perm, label) if opts.gradual else None
         new, mask, admm_info = admm_prune(w, stats.gram, mask, select=select, iterations=opts.iterations, rho=opts.rho,
                                           damping=opts.damping, gradual_iterations=opts.gradual_iterations)
         info.update(admm_info)
     else:
         new = w.masked_fill(mask, 0.0)
-    return _checked(new, weight), info
+    return _checked(new, weight, label), info
 
 
-def _checked(new: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _checked(new: torch.Tensor, weight: torch.Tensor, label: str = "") -> torch.Tensor:
     if not torch.isfinite(new).all():
-        raise PruningError("pruning produced non-finite weights")
+        raise PruningError(f"pruning produced non-finite weights{label}")
     return new.to(weight.dtype)

@@ -226,7 +226,7 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
             seen = {t.user_attrs.get("canonical_key") for t in trials if t.user_attrs.get("generation", -1) < g}
             mine = {t.user_attrs.get("canonical_key"): t for t in trials
                     if t.user_attrs.get("generation") == g and t.state == TrialState.COMPLETE}
-            left = None if config.budget.trials is None else config.budget.trials - state.finished() + len(mine)
+            left = None if config.budget.trials is None else config.budget.trials - state.spent() + len(mine)
             want = s.offspring if left is None else max(0, min(s.offspring, left))
             if want == 0:
                 break

@@ -26,7 +26,8 @@ from ..progress import progress_bar
 
 from ..errors import UserError
 from .config import confirm_objective
-from .driver import FINISHED, SearchState, evaluate_trial, storage_url, study_name
+from .driver import FINISHED, SearchState, evaluate_trial
+from .storage import storage_url, study_name
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ..progress import progress_bar
 
 from ..errors import UserError
-from .driver import SearchState, directions_of, make_sampler, storage_url, study_name
+from .driver import SearchState, directions_of, make_sampler
+from .storage import storage_url, study_name
 from .evaluate import Outcome
 from .worker import Worker
 
@@ -142,7 +143,7 @@ def _resources(config) -> dict:
 def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
     """Optuna TPE / NSGA-III / random through Ray Tune until the budget is spent; returns trials run."""
     cfg = state.config
-    remaining = None if cfg.budget.trials is None else cfg.budget.trials - state.finished()
+    remaining = None if cfg.budget.trials is None else cfg.budget.trials - state.spent()
     if remaining is not None and remaining <= 0:
         return 0
     storage = storage_url(cfg, out)
@@ -162,7 +163,7 @@ def tune_loop(state: SearchState, out: Path, progress: bool = True) -> int:
         modes = ["min" if d == "minimize" else "max" for d in directions_of(cfg, state.objectives)]
         one = len(names) == 1
         searcher = StudySearch(space=state.space.distributions(), metric=names[0] if one else names,
-                               mode=modes[0] if one else modes, sampler=make_sampler(cfg), study_name=study_name(cfg),
+                               mode=modes[0] if one else modes, sampler=make_sampler(cfg, state.finished()), study_name=study_name(cfg),
                                storage=optuna.storages.get_storage(storage))
         tuner = tune.Tuner(
             trainable,

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..pruning.plan import PruningPlan
+from .storage import STALE, storage_url, study_name
 
 
 def write_trials_csv(study: optuna.Study, out: Path) -> None:
@@ -423,7 +424,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
     lines += ["## Search", "",
               f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.FAIL]} failed, "
               f"{states[TrialState.PRUNED]} stopped early; {reused} reused stored values (same canonical form or masks) "
-              f"instead of being scored again.", ""]
+              f"instead of being scored again{stale_text(trials)}.", ""]
     lines += budget_lines(meta)
     if meta.get("search_seconds") is not None:
         rate = meta.get("candidates_per_minute")
@@ -474,13 +475,22 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
     return path
 
 
+def stale_text(trials: list) -> str:
+    """The trials failed as stale (their driver stopped while they ran; storage.fail_orphans)."""
+    stale = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("error") == STALE]
+    if not stale:
+        return ""
+    retried = sum(1 for t in trials if t.system_attrs.get("failed_trial") is not None)
+    return (f"; {len(stale)} of the failed trials were stale (their driver stopped while they ran), "
+            f"{retried} retried")
+
+
 def rebuild(out: Path) -> Path:
     """Regenerate every output of a search folder from its study and final.json."""
     from .config import load_config
 
     config = load_config(out / "config.yaml")
-    storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    study = optuna.load_study(study_name=config.study_name or "automl-prune", storage=storage)
+    study = optuna.load_study(study_name=study_name(config), storage=storage_url(config, out))
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else None
     return write_outputs(study, out, [o.name for o in config.objectives], meta, final, origin=config.plan_origin())

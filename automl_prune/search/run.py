@@ -4,36 +4,76 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 from ..provenance import versions
 from .config import StudyConfig
 from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
+from .lock import LeaseLock, file_lock_for
 from .final import final_comparison
 from .polish import check_polish_studies, polish_front
 from .report import write_outputs
 from .selection import run_selection
 from .setup import load_search
+from .storage import check_url, fail_orphans, masked, quiet_ask_warning, storage_url, study_name
 
 log = logging.getLogger(__name__)
 
 
 def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, final: bool = True) -> Path:
-    """Search, then the held-out comparison; returns the path of report.md. Resumes an existing study."""
+    """Search, then the held-out comparison; returns the path of report.md. Resumes an existing study.
+
+    Before anything is written: the storage URL is checked, the study's lock taken (one driver per
+    study, lock.py) and the study's fingerprint compared with the config's (fingerprint.py)."""
+    out = Path(out)
+    url = storage_url(config, out)
+    if config.storage is not None:
+        check_url(url)  # a user's URL: refused before the output folder is made
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    file_lock = file_lock_for(url, study_name(config))
+    lock = file_lock.acquire() if file_lock is not None else None
+    try:
+        return _run_locked(config, out, progress=progress, final=final, lock=lock)
+    except UserError:
+        if made and not (out / "config.yaml").exists():  # refused before anything was written: no folder left behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(config: StudyConfig, out: Path, *, progress: bool, final: bool, lock) -> Path:
     from objectives import make_objective
     from search_spaces import make_space
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     space = make_space(config.space)
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
     study = open_study(config, out, objectives)
+    lease = LeaseLock(study, f"the study {study_name(config)!r} in {masked(storage_url(config, out))}").acquire() \
+        if lock is None else None
+    try:
+        return _run_study(config, out, study, space, objectives, progress=progress, final=final)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, progress: bool, final: bool) -> Path:
+    orphans = fail_orphans(study)
+    if orphans:
+        log.warning("trials %s were left running by a driver that stopped: marked failed, their candidates queued again",
+                    ", ".join(map(str, orphans)))
     check_polish_studies(config, out)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     ctx, profile, space = load_search(config, space, objectives, progress=progress)
+    quiet_ask_warning()
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
     remember_finished(study, state.memo)
     if not study.trials and config.searcher.seed_named_points:
@@ -65,7 +105,7 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     finished = state.finished()
     meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
-                budget=config.budget.model_dump(), finished_trials=finished, stopped_by=stopped_by(config, finished),
+                budget=config.budget.model_dump(), finished_trials=finished, stopped_by=stopped_by(config, state.spent()),
                 executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
                 search_seconds_total=running_total(before, "search_seconds", seconds))

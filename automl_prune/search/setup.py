@@ -1,4 +1,5 @@
-"""Load what a study needs once: model, calibration statistics, probe and held-out windows."""
+"""Load what a study needs once: model, calibration statistics, probe and held-out windows (the text
+sources are opened and checked first, so a bad one fails before the model loads)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import time
 
 from ..calibration.dense import dense_statistics
-from ..data import calibration_windows, evaluation_windows
+from ..data import calibration_windows, check_source, evaluation_windows
 from ..models.adapters import needs_bos
 from ..models.loading import load_model
 from .config import StudyConfig
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool = True) -> SearchContext:
     """The loaded context of a study: dense one-shot statistics with Gram matrices (cached on disk
     unless ``use_cache`` is False)."""
+    check_sources(config)
     start = time.perf_counter()
     loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
@@ -42,6 +44,16 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
                 mode="one-shot", data_dir=config.data_dir)  # data_dir: objectives that read task files (zero_shot)
     return SearchContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
                          device=device, tokenizer=tok, info=info)
+
+
+def check_sources(config: StudyConfig) -> None:
+    """Open the calibration, probe and held-out sources without a tokenizer and check that each holds
+    text; a UserError names the bad one. Cheap next to loading the model, so it comes first."""
+    c, p, h = config.calibration, config.probe, config.heldout
+    check_source(c.source, "calibration", data_dir=config.data_dir, split=c.split, text_field=c.text_field)
+    if p.source is not None:
+        check_source(p.source, "calibration", role="probe", data_dir=config.data_dir)
+    check_source(h.source, "evaluation", role="held-out", data_dir=config.data_dir)
 
 
 def build_profile(ctx, space, *, cache_dir=None):

@@ -35,7 +35,8 @@ class Worker:
         self.ctx, self.profile, self.space = load_search(self.config, space, self.objectives, progress=False)
         self.memo = Memo()
         if storage is not None:
-            from .driver import remember_finished, study_name
+            from .driver import remember_finished
+            from .storage import study_name
 
             try:  # values other workers already measured: reuse them for equal candidates
                 study = optuna.load_study(study_name=study_name(self.config), storage=storage)
