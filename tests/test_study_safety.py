@@ -245,3 +245,23 @@ def test_user_error_is_what_a_refusal_raises(tmp_path):
         FileLock(tmp_path / "x.lock", "the study").acquire()
     first.release()
     FileLock(tmp_path / "x.lock", "the study").acquire().release()
+
+
+def test_a_lease_in_a_server_storage_refuses_a_second_driver_until_released_or_expired(tmp_path, monkeypatch):
+    """The lease used for storages without a lock file (PostgreSQL, MySQL), here on a real SQLite
+    storage: one holder at a time; an expired lease (its driver died) is taken over."""
+    from automl_prune.search import lock as L
+
+    monkeypatch.setattr(L.time, "sleep", lambda s: None)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    first = L.LeaseLock(study, "the study 's'").acquire()
+    with pytest.raises(UserError, match=f"pid {os.getpid()}"):
+        L.LeaseLock(study, "the study 's'").acquire()
+    first.release()
+    second = L.LeaseLock(study, "the study 's'").acquire()
+    second._stop.set()  # its driver "dies": no more renewals
+    lease = dict(study.user_attrs[L.LEASE_ATTR], expires=time.time() - 1)
+    study.set_user_attr(L.LEASE_ATTR, lease)
+    third = L.LeaseLock(study, "the study 's'").acquire()
+    assert study.user_attrs[L.LEASE_ATTR]["token"] == third.token
+    third.release()
