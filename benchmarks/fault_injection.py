@@ -67,7 +67,8 @@ def rows(out: Path, sql: str, args: tuple = ()) -> list:
 
 
 def count(out: Path, state: str) -> int:
-    return rows(out, "select count(*) from trials where state = ?", (state,))[0][0] if (out / "study.db").exists() else 0
+    found = rows(out, "select count(*) from trials where state = ?", (state,))
+    return found[0][0] if found else 0
 
 
 def completed(out: Path) -> dict[int, tuple]:
@@ -108,9 +109,12 @@ def kill_9(work: Path, config: Path) -> dict:
     out = work / "kill9"
     start = time.time()
     driver = search(config, out, wait=False)
-    wait_for(lambda: count(out, "COMPLETE") >= 3 and count(out, "RUNNING") == 1)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
+    try:
+        wait_for(lambda: count(out, "COMPLETE") >= 3 and count(out, "RUNNING") == 1)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        driver.kill()
     before = completed(out)
     resumed = search(config, out)
     after = completed(out)
@@ -129,9 +133,12 @@ def two_drivers(work: Path, config: Path) -> dict:
     out = work / "two"
     start = time.time()
     first = search(config, out, wait=False)
-    wait_for(lambda: count(out, "COMPLETE") >= 1)
-    second = search(config, out)
-    first.communicate()
+    try:
+        wait_for(lambda: count(out, "COMPLETE") >= 1)
+        second = search(config, out)
+        first.communicate()
+    finally:
+        first.kill()
     finished = len(completed(out))
     return dict(fault="a second driver on the same study while the first runs", exit=[first.returncode, second.returncode],
                 outcome=f"second refused: {one_line(second.stderr)!r}; the study holds {finished} completed trials "

@@ -26,7 +26,6 @@ best trial (what the second stage bought).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -42,7 +41,6 @@ from ..models.gguf_cache import default_cache_dir
 from ..progress import progress_bar
 from ..pruning.database import LevelDatabase, database_key, key_digest
 from ..pruning.plan import PruningPlan
-from .candidate import CandidateFailed, score_candidate
 from .config import StudyConfig, selection_seqlen
 from .driver import SearchState, _bar, _tick, directions_of, tell_outcome
 from .evaluate import Outcome, evaluate_params
@@ -147,17 +145,11 @@ class _Stage:
         return sorted(rng.sample(range(self.pool.input_ids.shape[0]), self.per))
 
     def score(self, plans: list[PruningPlan], generation: int) -> list[float | None]:
-        ctx = copy.copy(self.base)  # same model and weights; this minibatch and its references
-        ctx.probe_ids, ctx.memo = self.pool.input_ids[self.minibatch(generation)], {}
-        self.objective.prepare(ctx)
-        out = []
-        for plan in plans:
-            try:
-                out.append(score_candidate(ctx, plan, [self.objective]).values[0])
-            except (CandidateFailed, ValueError, RuntimeError) as exc:
-                log.warning("evolution stage: candidate failed: %s", exc)
-                out.append(None)
-        return out
+        from .selection import score_stage
+
+        values = score_stage(self.base, self.objective, dict(enumerate(plans)),
+                             windows=self.pool.input_ids[self.minibatch(generation)], label="evolution stage")
+        return [values[i] for i in range(len(plans))]
 
 
 def evolution_loop(state: SearchState, out: Path, progress: bool = True,

@@ -147,28 +147,27 @@ def confirm_candidates(complete: list, wanda, top: int, sign: float) -> list:
 
 
 def confirm_point(ctx, study: optuna.Study, candidates: list, objective) -> list[dict]:
-    """Score ``candidates`` (the best few and Wanda) again with ``objective`` (more probe windows).
+    """Score ``candidates`` (the best few and Wanda) again with ``objective`` (more probe windows), a
+    stage of selection.score_stage on the probe windows.
 
     The values are kept in the study's user attributes (``confirmed``, by trial number, for one
     objective setting), so a re-run does not score them again. A candidate that fails is left out."""
     from ..pruning.plan import PruningPlan
-    from .candidate import CandidateFailed, score_candidate
+    from .selection import score_stage
 
     spec = dict(name=objective.name, windows=objective.probe_windows_read())
     stored = study.user_attrs.get("confirmed") or {}
     values = dict(stored.get("values") or {}) if stored.get("objective") == spec else {}
-    rows = []
-    for t in candidates:
-        key = str(t.number)
-        if key not in values:
-            try:
-                values[key] = score_candidate(ctx, PruningPlan.from_dict(t.user_attrs["plan"]), [objective]).values[0]
-            except (CandidateFailed, ValueError, RuntimeError) as exc:
-                log.warning("confirmation of trial %d failed: %s", t.number, exc)
-                continue
+
+    def keep(key: str, value: float | None) -> None:
+        if value is not None:
+            values[key] = value
             study.set_user_attr("confirmed", dict(objective=spec, values=values))
-        rows.append(dict(trial=t.number, value=t.value, confirmed=values[key], named_point=t.user_attrs.get("named_point")))
-    return rows
+
+    scored = score_stage(ctx, objective, {str(t.number): PruningPlan.from_dict(t.user_attrs["plan"]) for t in candidates},
+                         done=values, on_value=keep, label="confirmation")
+    return [dict(trial=t.number, value=t.value, confirmed=scored[str(t.number)], named_point=t.user_attrs.get("named_point"))
+            for t in candidates if scored.get(str(t.number)) is not None]
 
 
 def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> list[dict]:

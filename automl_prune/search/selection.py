@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -81,6 +82,40 @@ def fresh_stage_windows(state: SearchState, tokens: int, seed: int, minibatches:
                          data_dir=config.data_dir, split=c.split, text_field=c.text_field, bos=bos)
 
 
+def score_stage(ctx, objective, plans: dict, *, windows=None, done: dict | None = None,
+                on_value: Callable[[object, float | None], None] | None = None, label: str = "stage",
+                progress: bool = False) -> dict:
+    """Score every plan of one stage with ``objective`` on the same windows: the one stage scorer of
+    the selection stages, the evolution's second stage and polishing's confirmation.
+
+    ``plans``: key -> PruningPlan; ``windows`` (input ids, n x L): the stage's windows, scored in a
+    shallow copy of ``ctx`` (same model, weights and statistics; this stage's dense reference,
+    computed once); None scores on ``ctx``'s own probe windows. ``done``: key -> value already
+    measured (not scored again). ``on_value(key, value)`` is called after every new value (to store
+    it, so that a kill loses at most one). A candidate that fails gets None. Returns key -> value."""
+    values = dict(done or {})
+    todo = [k for k in plans if k not in values]
+    if not todo:
+        return values
+    sctx = ctx
+    if windows is not None:
+        sctx = copy.copy(ctx)
+        sctx.probe_ids, sctx.memo = windows, {}
+    objective.prepare(sctx)
+    for key in progress_bar(todo, desc=label, unit="candidate", enabled=progress):
+        try:
+            value = score_candidate(sctx, plans[key], [objective]).values[0]
+        except (CandidateFailed, ValueError, RuntimeError) as exc:
+            log.warning("%s: candidate %s failed: %s", label, key, exc)
+            value = None
+        values[key] = value
+        if on_value is not None:
+            on_value(key, value)
+    if windows is not None:
+        sctx.memo.clear()
+    return values
+
+
 def stage_windows(state: SearchState, index: int):
     """The fresh windows of stage ``index`` (identical for every candidate of the stage)."""
     sel = state.config.selection
@@ -114,24 +149,20 @@ def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
         values = stored["stages"][i] if stored["stages"][i].get("windows_sha256") == digest else {}
         values.setdefault("windows_sha256", digest)
         values.setdefault("values", {})
-        sctx = copy.copy(state.ctx)  # same model, weights and statistics; this stage's windows and references
-        sctx.probe_ids, sctx.memo = windows.input_ids, {}
         todo = [t for t in current if str(t.number) not in values["values"]]
         if todo:
             log.info("selection stage %d: %d candidates on %d x %d fresh tokens (%s; %d already scored)", i + 1,
                      len(current), windows.input_ids.shape[0], windows.input_ids.shape[1], objective.name,
                      len(current) - len(todo))
-            objective.prepare(sctx)
-        for t in progress_bar(todo, desc=f"selection stage {i + 1}", unit="candidate", enabled=progress):
-            try:
-                value = score_candidate(sctx, PruningPlan.from_dict(t.user_attrs["plan"]), [objective]).values[0]
-            except (CandidateFailed, ValueError, RuntimeError) as exc:
-                log.warning("selection stage %d: trial %d failed: %s", i + 1, t.number, exc)
-                value = None
-            values["values"][str(t.number)] = value
+
+        def keep(key: str, value: float | None, i: int = i, values: dict = values) -> None:
+            values["values"][key] = value
             stored["stages"][i] = values
             state.study.set_user_attr(ATTR, stored)  # after every candidate: a kill loses at most one
-        sctx.memo.clear()
+
+        score_stage(state.ctx, objective, {str(t.number): PruningPlan.from_dict(t.user_attrs["plan"]) for t in current},
+                    windows=windows.input_ids, done=values["values"], on_value=keep, label=f"selection stage {i + 1}",
+                    progress=progress)
         scored = [t for t in current if values["values"].get(str(t.number)) is not None]
         ranked = sorted(scored, key=lambda t: (sign * values["values"][str(t.number)], fast_sign * t.values[0], t.number))
         stages.append(dict(stage=i + 1, tokens=stage.tokens, windows=int(windows.input_ids.shape[0]),
