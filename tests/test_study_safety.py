@@ -225,8 +225,8 @@ def test_a_malformed_storage_url_is_one_line_and_leaves_nothing(tmp_path, tiny_l
     out = tmp_path / "run"
     rc = main(["search", "--config", str(path), "--out", str(out), "--storage", url, "--no-final"])
     err = capsys.readouterr().err.strip()
-    if "postgresql" in url and "driver is not installed" in err:
-        words = "driver is not installed"
+    if "postgresql" in url and "is not installed" in err:  # no psycopg here: refused before connecting
+        words = "is not installed"
     assert rc == 2 and len(err.splitlines()) == 1 and words in err, err
     assert "s3cret" not in err
     assert not out.exists()

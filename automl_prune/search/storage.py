@@ -61,11 +61,15 @@ def check_url(url: str) -> None:
     except (ArgumentError, ValueError) as exc:
         raise UserError(f"--storage {shown!r} is not a database URL ({exc}); {hint}") from None
     try:
-        parsed.get_dialect()
+        dialect = parsed.get_dialect()
+        load = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)
+        if callable(load) and parsed.get_backend_name() != "sqlite":
+            load()  # the Python driver module (psycopg2, pymysql, ...)
     except NoSuchModuleError:
         raise UserError(f"--storage {shown!r}: unknown database kind {parsed.drivername!r}; {hint}") from None
     except ImportError as exc:
-        raise UserError(f"--storage {shown!r}: the database driver is not installed ({exc}); install it with pip") from None
+        raise UserError(f"--storage {shown!r}: the Python driver for {parsed.drivername!r} is not installed ({exc}); "
+                        "install it with pip (e.g. psycopg2-binary for postgresql, pymysql for mysql+pymysql)") from None
     path = sqlite_path(url)
     if path is not None:
         folder = path.parent if str(path.parent) else Path(".")
