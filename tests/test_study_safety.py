@@ -265,3 +265,34 @@ def test_a_lease_in_a_server_storage_refuses_a_second_driver_until_released_or_e
     third = L.LeaseLock(study, "the study 's'").acquire()
     assert study.user_attrs[L.LEASE_ATTR]["token"] == third.token
     third.release()
+
+
+def test_weights_changed_in_place_are_refused_before_any_trial(tmp_path, tiny_llama_dir, data_dir):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    path = tiny_study_config(tmp_path, model, data_dir, budget={"trials": 2}, final=NO_FINAL)
+    out = tmp_path / "run"
+    run_search(load_config(path), out, progress=False, final=False)
+    weights = next(model.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("mlp.up_proj.weight"))
+    tensors[name] = tensors[name] + 0.01 * torch.randn_like(tensors[name])  # same shapes, same file size
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="other weights"):
+        run_search(load_config(path, {"budget.trials": 4}), out, progress=False, final=False)
+    assert sum(t.state == TrialState.COMPLETE for t in _study(out).get_trials()) == 2
+
+
+@pytest.mark.parametrize("command", ["eval", "stats"])
+def test_eval_and_stats_check_their_text_before_the_model_loads(tmp_path, capsys, command):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    flag = "--data" if command == "eval" else "--calib"
+    rc = main([command, "--model", "no-such-model-anywhere", flag, str(empty)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(empty) in err and "no text" in err

@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import evaluation_windows
+    from ..data import check_source, evaluation_windows
     from ..errors import UserError
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     common.resolve_quick(args)
     zero_shot = _zero_shot_options(args)  # checked before any model is loaded
     sources = [] if zero_shot and args.eval is None else common.eval_sources(args.eval or "wikitext2")
+    for s in sources:  # opened before the model loads, so a bad source fails at once
+        check_source(s, "evaluation", data_dir=args.data_dir)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
     bos = common.use_bos(args, model)

@@ -73,3 +73,20 @@ def check_fingerprint(study, config: StudyConfig, where: str) -> None:
     raise UserError(f"{where} holds a study of another experiment (differs in {', '.join(differ)}: {detail}); "
                     "resume it with its own settings (config.yaml in its folder), or start a new study with another "
                     "--out folder or study_name")
+
+
+WEIGHTS_ATTR = "model_weights"
+
+
+def check_weights(study, weights: str | None, where: str) -> None:
+    """After the model loaded: its weights' fingerprint (the statistics cache's, a hash of the
+    weights) must be the study's. The config fingerprint names a local model by its files' sizes,
+    so weights changed in place (same sizes) are caught here, before any trial runs."""
+    if not weights:
+        return
+    stored = study.user_attrs.get(WEIGHTS_ATTR)
+    if stored is None:
+        study.set_user_attr(WEIGHTS_ATTR, weights)
+    elif stored != weights:
+        raise UserError(f"{where} was run on other weights (fingerprint {stored[:12]}..., this model {weights[:12]}...): "
+                        "the model files changed since; start a new study with another --out folder or study_name")

@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..provenance import versions
 from .config import StudyConfig
 from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
+from .fingerprint import check_weights
 from .lock import LeaseLock, file_lock_for
 from .final import final_comparison
 from .polish import check_polish_studies, polish_front
@@ -73,6 +74,8 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
     check_polish_studies(config, out)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     ctx, profile, space = load_search(config, space, objectives, progress=progress)
+    check_weights(study, ctx.info.get("statistics", {}).get("model_fingerprint"),
+                  f"the study {study_name(config)!r} in {masked(storage_url(config, out))}")
     quiet_ask_warning()
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
     remember_finished(study, state.memo)
