@@ -124,6 +124,8 @@ def test_evolution_study_resumes_and_reports_the_selected_plan(tmp_path, tiny_ll
     counts = {round(sum(p.layer_sparsity.values()), 9) for p in plans}
     final = json.loads((out / "final.json").read_text())
     assert final["selection"]["selected"] == record["parents"][-1]
+    meta = json.loads((out / "meta.json").read_text())  # the database build is timed apart from the search budget
+    assert 0 <= meta["database_seconds"] <= meta["search_seconds"]
     # resume with a larger budget: generations continue, nothing scored twice
     before = len(study.trials)
     path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, space=LEVELS_SPACE, searcher=searcher,

@@ -43,6 +43,7 @@ class SearchState:
     memo: Memo = field(default_factory=Memo)
     started: float = field(default_factory=time.perf_counter)
     new_trials: int = 0
+    database_seconds: float | None = None  # the level database's build (evolution), outside budget.timeout
 
     @property
     def n_objectives(self) -> int:

@@ -206,7 +206,12 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
             parent = min(starts, key=lambda t: (sign * t.values[0], t.number))
         start_plan = PruningPlan.from_dict(parent.user_attrs["plan"])
         if state.ctx.levels is None:
+            built = time.perf_counter()
             attach_database(state.ctx, space, start_plan, config.cache_dir, progress=progress)
+            state.database_seconds = round(time.perf_counter() - built, 1)
+            state.started += state.database_seconds  # budget.timeout counts the search, not the database build
+            log.info("level database ready in %.0f s; the search's %s s start now", state.database_seconds,
+                     config.budget.timeout)
         stage = _Stage(state) if s.stage_tokens else None
         if stage is not None:
             record["stage_pool_sha256"] = stage.pool.info["windows_sha256"]

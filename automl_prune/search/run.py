@@ -111,7 +111,8 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
                 budget=config.budget.model_dump(), finished_trials=finished, stopped_by=stopped_by(config, state.spent()),
                 executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
-                search_seconds_total=running_total(before, "search_seconds", seconds))
+                search_seconds_total=running_total(before, "search_seconds", seconds),
+                **({} if state.database_seconds is None else {"database_seconds": state.database_seconds}))
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     log.info("search: %d trials this run in %.0f s, %d finished in the study (%s)", state.new_trials, seconds, finished,
              meta["stopped_by"])
