@@ -59,6 +59,21 @@ def _database(calibrated, tmp_path, plan, levels=2):
     return model, stats, mods, ladders, LevelDatabase(tmp_path / "db", key, ladders, plan)
 
 
+@pytest.mark.parametrize("group", ["row", "matrix"])
+def test_a_plans_written_sparsities_give_back_every_levels_exact_count(group):
+    """A plan writes each layer's sparsity to 10 decimals; on SmolLM2's shapes (a whole 576 x 1536
+    matrix is 884,736 weights) that rounding must still give back the level's exact count, or a
+    candidate on the ladders would not be recognised as one (pruned again instead of swapped)."""
+    from automl_prune.pruning.masks import group_count
+
+    shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+    step = default_step(shapes, 0.7, 5, group)
+    for rows, cols in shapes:
+        lad = ladder(rows, cols, 0.7, step, 5, group)
+        for level in range(lad.low, lad.high + 1):
+            assert group_count(lad.group_size, lad.sparsity_at(level)) == lad.zeros_at(level), (rows, cols, level)
+
+
 @pytest.mark.parametrize("update", ["none", "sparsegpt", "admm"])
 def test_swapped_layers_equal_pruned_layers(calibrated, tmp_path, update):
     plan = PruningPlan(metric={"name": "wanda"}, sparsity=0.6, update=update)
