@@ -194,7 +194,9 @@ def test_kill_9_then_resume_loses_nothing_and_retries_the_trial_in_flight(tmp_pa
     stale = trials[running[0].number]
     assert stale.state == TrialState.FAIL and stale.user_attrs["error"] == STALE
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == stale.number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == stale.params
+    # the retry is the same candidate (a trial killed while it was being asked holds only part of its parameters)
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert stale.params.items() <= retry[0].params.items()
     assert len(complete) == 8  # the budget counts completed candidates, the stale one not among them
     assert len({json.dumps(p, sort_keys=True) for p, _ in complete.values()}) == 8
     report = (out / "report.md").read_text()

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.perplexity import perplexity
     from ..export import export_pruned
     from ..models.adapters import decoder_blocks, prunable_linears
-    from ..models.loading import load_model
+    from ..models.loading import check_model_spec, load_model
     from ..provenance import environment
     from ..pruning.apply import needs_statistics, prune_model
 
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "plan.yaml").exists():
         raise UserError(f"output folder {out} exists and is not an automl-prune export; choose an empty or new folder")
+    check_model_spec(args.model)
     if needs_statistics(plan):  # open the text before the model loads, so a bad source fails at once
         check_source(args.calib, "calibration", data_dir=args.data_dir, split=args.calib_split, text_field=args.text_field)
     for s in sources:

@@ -73,6 +73,19 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def check_model_spec(spec: str) -> None:
+    """The checks of a model spec that read no file and reach no network, so that commands run them
+    before anything slower (opening text sources): no spec, or a path that does not exist."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError("No model given: pass an alias (smollm2-135m, gemma3-270m), a .gguf file, a folder or a hub id")
+    spec = spec.strip()
+    if not is_alias(spec) and not Path(spec).expanduser().exists() and _looks_like_path(spec):
+        raise UserError(
+            f"No such file or folder: {spec}. Pass an existing .gguf file or model folder, "
+            "or an offline alias (smollm2-135m, gemma3-270m)."
+        )
+
+
 def _looks_like_path(spec: str) -> bool:
     """True for specs that cannot be hub ids (``org/name``): absolute, relative, ``~``, ``.gguf``."""
     return spec.startswith((".", "~")) or spec.lower().endswith(".gguf") or not _HUB_ID.match(spec)
@@ -201,8 +214,7 @@ def load_model(
         UserError: bad dtype or device, missing path, unloadable model, unreachable hub.
         MissingPackageError: an alias package or ``gguf`` is not installed.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError("No model given: pass an alias (smollm2-135m, gemma3-270m), a .gguf file, a folder or a hub id")
+    check_model_spec(spec)
     spec = spec.strip()
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
@@ -227,11 +239,6 @@ def load_model(
     elif path.is_dir():
         model, tokenizer = _load_folder(path.resolve(), torch_dtype, torch_device)
         info.update(source="local", path=str(path.resolve()))
-    elif _looks_like_path(spec):
-        raise UserError(
-            f"No such file or folder: {spec}. Pass an existing .gguf file or model folder, "
-            "or an offline alias (smollm2-135m, gemma3-270m)."
-        )
     else:
         model, tokenizer = _load_hub(spec, torch_dtype, torch_device)
         info.update(source="hub", path=spec)

@@ -9,7 +9,7 @@ import time
 from ..calibration.dense import dense_statistics
 from ..data import calibration_windows, check_source, evaluation_windows
 from ..models.adapters import needs_bos
-from ..models.loading import load_model
+from ..models.loading import check_model_spec, load_model
 from .config import StudyConfig
 from .context import SearchContext
 
@@ -49,6 +49,7 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
 def check_sources(config: StudyConfig) -> None:
     """Open the calibration, probe and held-out sources without a tokenizer and check that each holds
     text; a UserError names the bad one. Cheap next to loading the model, so it comes first."""
+    check_model_spec(config.model)
     c, p, h = config.calibration, config.probe, config.heldout
     check_source(c.source, "calibration", data_dir=config.data_dir, split=c.split, text_field=c.text_field)
     if p.source is not None:
