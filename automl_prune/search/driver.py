@@ -24,7 +24,8 @@ from .config import StudyConfig
 from .context import SearchContext
 from .evaluate import Memo, Outcome, evaluate_params
 from .fingerprint import check_fingerprint
-from .storage import STALE, heartbeat, masked, open_storage, storage_url, study_name
+from .storage import STALE, heartbeat, open_storage, storage_url, study_name
+from .storage import where as study_where
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -113,7 +114,7 @@ def open_study(config: StudyConfig, out: Path, objectives: list) -> optuna.Study
     url = storage_url(config, out)
     storage = open_storage(url)
     name = study_name(config)
-    where = f"the storage {masked(url)} (study {name!r})"
+    where = study_where(config, out)
     directions = directions_of(config, objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if len(objectives) == 1 else optuna.pruners.NopPruner()
     try:

@@ -21,7 +21,7 @@ from .polish import check_polish_studies, polish_front
 from .report import write_outputs
 from .selection import run_selection
 from .setup import load_search
-from .storage import check_url, fail_orphans, masked, quiet_ask_warning, storage_url, study_name
+from .storage import check_url, fail_orphans, quiet_ask_warning, storage_url, study_name, where
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def _run_locked(config: StudyConfig, out: Path, *, progress: bool, final: bool, 
     space = make_space(config.space)
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
     study = open_study(config, out, objectives)
-    lease = LeaseLock(study, f"the study {study_name(config)!r} in {masked(storage_url(config, out))}").acquire() \
-        if lock is None else None
+    lease = LeaseLock(study, where(config, out)).acquire() if lock is None else None
     try:
         return _run_study(config, out, study, space, objectives, progress=progress, final=final)
     finally:
@@ -74,8 +73,7 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
     check_polish_studies(config, out)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     ctx, profile, space = load_search(config, space, objectives, progress=progress)
-    check_weights(study, ctx.info.get("statistics", {}).get("model_fingerprint"),
-                  f"the study {study_name(config)!r} in {masked(storage_url(config, out))}")
+    check_weights(study, ctx.info.get("statistics", {}).get("model_fingerprint"), where(config, out))
     quiet_ask_warning()
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
     remember_finished(study, state.memo)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import re
 import warnings
 from pathlib import Path
@@ -34,6 +35,11 @@ def storage_url(config: StudyConfig, out: Path) -> str:
 
 def study_name(config: StudyConfig) -> str:
     return config.study_name or "automl-prune"
+
+
+def where(config: StudyConfig, out: Path) -> str:
+    """How messages name a study: its storage (password masked) and its name."""
+    return f"the storage {masked(storage_url(config, out))} (study {study_name(config)!r})"
 
 
 def masked(url: str) -> str:
@@ -76,8 +82,6 @@ def check_url(url: str) -> None:
         if not folder.is_dir():
             raise UserError(f"--storage {shown!r}: the folder {folder} does not exist; create it or give another path")
         probe = path if path.exists() else folder
-        import os
-
         if not os.access(probe, os.W_OK):
             raise UserError(f"--storage {shown!r}: {probe} is not writable; give a path you can write to")
 
