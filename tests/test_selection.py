@@ -88,7 +88,37 @@ def test_selection_stages_pick_the_plan_and_a_rerun_scores_nothing_again(tmp_pat
         "selected_trial"] == sel["selected"]
 
 
+def test_stage_reconstruction_updates_the_survivors_only_and_the_delivered_plan(tmp_path, tiny_llama_dir, data_dir,
+                                                                                 monkeypatch):
+    """selection.reconstruction: the search's trials stay mask-only (cheap), every candidate a stage
+    scores is updated (ADMM), and the plan the study delivers (best.yaml, final rows) carries it."""
+    staged: list[tuple[str, bool]] = []
+    real = S.score_candidate
+
+    def spy(ctx, plan, objectives, **kw):
+        staged.append((plan.update, plan.admm.gradual))
+        return real(ctx, plan, objectives, **kw)
+
+    monkeypatch.setattr(S, "score_candidate", spy)
+    recon = {"update": "admm", "admm": {"gradual": True, "iterations": 4, "gradual_iterations": 3}}
+    path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, selection={**STAGES, "reconstruction": recon},
+                             budget={"trials": 8}, final={"top": 1, "fidelity_sample": 0, "baselines": ["wanda"]})
+    out = tmp_path / "run"
+    run_search(load_config(path), out, progress=False)
+    study = optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}")
+    assert all(t.user_attrs["plan"].get("update", "none") == "none" for t in study.get_trials() if "plan" in t.user_attrs)
+    assert staged and set(staged) == {("admm", True)}
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["update"] == "admm" and best["admm"]["iterations"] == 4 and best["admm"]["gradual"] is True
+    final = json.loads((out / "final.json").read_text())
+    searched = [r for r in final["rows"] if r["kind"] == "searched"]
+    assert searched and all(r["plan"]["update"] == "admm" for r in searched)
+
+
 @pytest.mark.parametrize("override, message", [
+    ({"selection": {**STAGES, "reconstruction": {"update": "admm"}},
+      "space": {"metric": {"name": "bawa"}, "allocation": "uniform", "pattern": {"name": "unstructured", "sparsity": 0.5},
+                "reconstruction": {"update": ["none", "sparsegpt"]}}}, "update the candidates a second time"),
     ({"objectives": [{"name": "layer_recon"}, {"name": "sparsity"}]}, "several"),
     ({"selection": {**STAGES, "objective": {"name": "layer_recon"}}}, "does not read probe"),
     ({"selection": {**STAGES, "stages": [{"tokens": 100, "keep": 2}]}}, "multiple of 64"),

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
+from ..pruning.plan import AdmmOptions, DsnotOptions, Refine, Update
 
 SEARCHERS = ("tpe", "nsga3", "pymoo-nsga3", "random", "evolution")
 
@@ -149,6 +150,26 @@ class StageConfig(_Strict):
     keep: int = Field(ge=1)
 
 
+class StageReconstruction(_Strict):
+    """The weight update (and mask refinement) the selection stages add to every candidate they
+    score: the expensive part of a metric x update plan paid only by the fast objective's best
+    (EvoPress pays it per layer in its database; here per survivor). The plan the study delivers
+    (selected plan, final comparison, best.yaml) carries it too."""
+
+    update: Update = "admm"
+    refine: Refine = "none"
+    admm: AdmmOptions = AdmmOptions(gradual=True)
+    dsnot: DsnotOptions = DsnotOptions()
+
+    def plan_fields(self) -> dict:
+        out: dict = {"update": self.update, "refine": self.refine}
+        if self.update == "admm":
+            out["admm"] = self.admm.model_dump()
+        if self.refine == "dsnot":
+            out["dsnot"] = self.dsnot.model_dump()
+        return out
+
+
 class SelectionConfig(_Strict):
     """Multi-fidelity selection (EvoPress's multi-step selection) after the search: the fast
     objective's ``candidates`` best distinct trials, and the named points, are scored by
@@ -164,6 +185,7 @@ class SelectionConfig(_Strict):
     candidates: int = Field(32, ge=1)
     seqlen: int | None = Field(None, ge=8)  # tokens per window (default: the probe's seqlen)
     seed: int = 100
+    reconstruction: StageReconstruction | None = None  # update paid by the survivors only (see StageReconstruction)
 
     @model_validator(mode="after")
     def _stages(self) -> "SelectionConfig":
@@ -222,7 +244,13 @@ class StudyConfig(_Strict):
         ``prune --plan`` computes the statistics the plan was scored on) and the held-out text."""
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
         return {"calibration": {**self.calibration.model_dump(), "data_dir": data_dir},
-                "heldout": self.heldout.model_dump()}
+                "heldout": self.heldout.model_dump(), **self.stage_fields()}
+
+    def stage_fields(self) -> dict:
+        """The plan fields the selection stages add to every candidate (``selection.reconstruction``):
+        part of every plan this study delivers."""
+        recon = self.selection.reconstruction if self.selection is not None else None
+        return recon.plan_fields() if recon is not None else {}
 
     @field_validator("objectives")
     @classmethod
@@ -383,6 +411,13 @@ def _check_selection(config: StudyConfig) -> None:
     if objective is None or objective.probe_windows_read() != 1:
         raise UserError(f"invalid config: field 'selection.objective': {sel.objective.name!r} does not read probe "
                         "windows; use kl, calib_ppl or model_recon")
+    if sel.reconstruction is not None:
+        recon = config.space.get("reconstruction") or {}
+        searched = [k for k in ("update", "refine") if any(v != "none" for v in (recon.get(k) or ["none"]))]
+        if searched or config.searcher.name == "evolution":
+            what = f"space.reconstruction searches {', '.join(searched)}" if searched else "the evolution's level database holds the update"
+            raise UserError(f"invalid config: field 'selection.reconstruction': {what}; the stages would update the candidates "
+                            "a second time. Use one of the two: remove selection.reconstruction, or search without an update")
     for i, stage in enumerate(sel.stages):
         _, seqlen = selection_seqlen(config, stage.tokens)
         if stage.tokens % seqlen:

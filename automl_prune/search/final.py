@@ -16,6 +16,7 @@ from ..pruning.plan import PruningPlan
 from .candidate import mask_hash, score_candidate
 from .context import SearchContext
 from .driver import SearchState, directions_of
+from .selection import study_plan
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     else:
         chosen = selection_trials(state, selection) if selection else [(t, None) for t in chosen_trials(state)]
         for t, by in progress_bar(chosen, desc="final: best plans", unit="plan", **bar):
-            plan = PruningPlan.from_dict(t.user_attrs["plan"])
+            plan = study_plan(state.config, t.user_attrs["plan"])
             ppl, realised, _ = heldout(plan)
             rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
                              sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point"),
@@ -177,7 +178,7 @@ def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: 
     sample = [pool[i] for i in idx]
     ppl = []
     for t in progress_bar(sample, desc="final: fidelity", unit="plan", enabled=progress, leave=False):
-        ppl.append(heldout(PruningPlan.from_dict(t.user_attrs["plan"]))[0])
+        ppl.append(heldout(study_plan(state.config, t.user_attrs["plan"]))[0])
     out = dict(n=len(sample), trials=[t.number for t in sample], heldout_ppl=ppl, spearman={})
     for j, objective in enumerate(state.objectives):
         rho = spearmanr([t.values[j] for t in sample], ppl).statistic
@@ -199,7 +200,7 @@ def stage_fidelity(state: SearchState, selection: dict, heldout: HeldoutEvaluato
     by_number = {t.number: t for t in state.study.get_trials(deepcopy=False)}
     ppl = {}
     for n in progress_bar(wanted, desc="final: selection fidelity", unit="plan", enabled=progress, leave=False):
-        ppl[n] = heldout(PruningPlan.from_dict(by_number[n].user_attrs["plan"]))[0]
+        ppl[n] = heldout(study_plan(state.config, by_number[n].user_attrs["plan"]))[0]
 
     def rho(pairs: list[tuple[float, float]]) -> float | None:
         if len(pairs) < 3:

@@ -50,6 +50,13 @@ def setting_key(config: StudyConfig) -> str:
     return hashlib.sha256(json.dumps(setting(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def study_plan(config: StudyConfig, plan: dict) -> PruningPlan:
+    """A trial's plan as the study delivers it: with ``selection.reconstruction`` (the update the
+    stages add to every candidate) when there is one. The selection, the final comparison and the
+    plan files all read plans through this."""
+    return PruningPlan.from_dict({**plan, **config.stage_fields()})
+
+
 def pool(state: SearchState) -> list[FrozenTrial]:
     """The fast objective's ``selection.candidates`` best trials with distinct masks, then every
     named point not among them (so the last stage compares the selected plan with them too) and
@@ -160,7 +167,7 @@ def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
             stored["stages"][i] = values
             state.study.set_user_attr(ATTR, stored)  # after every candidate: a kill loses at most one
 
-        score_stage(state.ctx, objective, {str(t.number): PruningPlan.from_dict(t.user_attrs["plan"]) for t in current},
+        score_stage(state.ctx, objective, {str(t.number): study_plan(config, t.user_attrs["plan"]) for t in current},
                     windows=windows.input_ids, done=values["values"], on_value=keep, label=f"selection stage {i + 1}",
                     progress=progress)
         scored = [t for t in current if values["values"].get(str(t.number)) is not None]
