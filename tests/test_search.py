@@ -223,26 +223,30 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
     with pytest.raises(UserError, match="polishing study"):  # another polishing objective: not mixed in
         run_search(load_config(path, {"budget.trials": 14, "polish.objective": {"name": "kl", "params": {"windows": 2}}}),
                    out, progress=False)
-    # confirmation: the best 2 distinct candidates and Wanda scored again on both probe windows, the best there chosen
-    confirm = {"budget.trials": 14, "polish.confirm": {"top": 2}}
-    run_search(load_config(path, confirm), out, progress=False)
-    confirmed = json.loads((out / "final.json").read_text())
-    for p in confirmed["polish"]:
-        assert p["new_trials"] == 0 and p["confirm"]["windows"] == 2 and p["confirm"]["top"] == 2
-        rows = p["confirm"]["candidates"]
-        assert "wanda" in [r["named_point"] for r in rows] and 2 <= len(rows) <= 3
-        assert rows[0]["trial"] == before[p["point"]]  # the TPE's best on one window comes first
-        assert p["best"]["trial"] == min(rows, key=lambda r: r["confirmed"])["trial"]
-    assert "confirmed best" in (out / "report.md").read_text()
-    # the confirmed values are kept in the study: a re-run reads them instead of scoring again
+    # polish.selection: the point's best 2 distinct candidates and the named points selected in stages on fresh
+    # tokens (the study's selection mechanism), the last stage's best chosen; nothing re-searched
+    staged = {"budget.trials": 14, "polish.selection": {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}],
+                                                       "candidates": 2, "seqlen": 64}}
+    run_search(load_config(path, staged), out, progress=False)
+    selected = json.loads((out / "final.json").read_text())
+    for p in selected["polish"]:
+        first, last = p["selection"]["stages"]
+        assert p["new_trials"] == 0 and [first["tokens"], last["tokens"]] == [128, 256]
+        assert "wanda" in [c["named_point"] for c in first["candidates"]] and len(last["candidates"]) == 2
+        assert p["best"]["trial"] == p["selection"]["selected"] == last["candidates"][0]["trial"]
+    assert "last stage: selected" in (out / "report.md").read_text()
+    # the stage values are kept in the point's study: a re-run reads them instead of scoring again
     study = optuna.load_study(study_name="automl-prune-polish-0.4", storage=storage)
-    kept = study.user_attrs["confirmed"]
-    wanda_trial = next(r["trial"] for r in confirmed["polish"][0]["confirm"]["candidates"] if r["named_point"] == "wanda")
-    study.set_user_attr("confirmed", {**kept, "values": {**kept["values"], str(wanda_trial): -1.0}})
-    run_search(load_config(path, confirm), out, progress=False)
+    kept = study.user_attrs["selection"]
+    wanda_trial = next(c["trial"] for c in selected["polish"][0]["selection"]["stages"][0]["candidates"]
+                       if c["named_point"] == "wanda")
+    for st in kept["stages"]:  # Wanda best in every stage, as if measured so: no stage scores anything again
+        st["values"][str(wanda_trial)] = -1.0
+    study.set_user_attr("selection", kept)
+    run_search(load_config(path, staged), out, progress=False)
     reread = json.loads((out / "final.json").read_text())
     assert reread["polish"][0]["best"]["trial"] == wanda_trial and reread["polish"][0]["best"]["named_point"] == "wanda"
-    assert reread["polish"][1]["best"]["trial"] == confirmed["polish"][1]["best"]["trial"]
+    assert reread["polish"][1]["best"]["trial"] == selected["polish"][1]["best"]["trial"]
     meta = json.loads((out / "meta.json").read_text())  # polishing time adds up over the four runs
     assert meta["polish_seconds_total"] > meta["polish_seconds"] > 0
     assert f"{meta['polish_seconds_total']:.0f} s over every run" in (out / "report.md").read_text()
@@ -258,17 +262,16 @@ def test_polishing_needs_a_sparsity_front(tmp_path, tiny_llama_dir, data_dir):
         load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir,
                                   polish={"points": [0.5], "space": {"metric": {"name": "no-such-space"}}}))
     kl1 = {"name": "kl", "params": {"windows": 1}}
-    with pytest.raises(UserError, match=r"polish.confirm.windows.*no more than"):  # no more windows than polishing had
-        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir,
-                                      polish={"points": [0.5], "objective": kl1, "confirm": {"windows": 1}}))
-    with pytest.raises(UserError, match=r"polish.confirm.windows.*probe.nsamples"):  # more than the probe holds
-        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir,
-                                      polish={"points": [0.5], "objective": kl1, "confirm": {"windows": 3}}))
-    with pytest.raises(UserError, match=r"'polish.confirm'.*does not read"):  # held-out ppl: no probe windows
-        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir,
-                                      polish={"points": [0.5], "objective": {"name": "ppl"}, "confirm": {}}))
-    with pytest.raises(UserError, match=r"polish.confirm.top"):
-        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [0.5], "confirm": {"top": 0}}))
+    stages = {"stages": [{"tokens": 128, "keep": 1}], "seqlen": 64}
+    with pytest.raises(UserError, match=r"'polish.selection.objective'.*does not read"):  # held-out ppl: no probe windows
+        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [0.5], "objective": kl1, "selection": {
+            **stages, "objective": {"name": "ppl"}}}))
+    with pytest.raises(UserError, match=r"polish.selection.stages\[0\].tokens.*multiple of 64"):
+        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [0.5], "objective": kl1, "selection": {
+            **stages, "stages": [{"tokens": 100, "keep": 1}]}}))
+    with pytest.raises(UserError, match=r"'selection'.*several.*polish.selection"):  # a front's selection is per point
+        load_config(tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish={"points": [0.5], "objective": kl1},
+                                      selection=stages))
 
 
 def test_objectives_read_no_more_probe_windows_than_the_probe_has(tmp_path, tiny_llama_dir, data_dir):

@@ -106,42 +106,6 @@ class FinalConfig(_Strict):
     zero_shot: ZeroShotFinal | None = None  # also zero-shot accuracy of the chosen plans and the best baseline
 
 
-class ConfirmConfig(_Strict):
-    """Multi-fidelity selection at the end of a point's polishing: the ``top`` best distinct
-    candidates on the polishing objective, and uniform Wanda, are scored again by the polishing
-    objective on ``windows`` probe windows (None: every probe window); the best there is the
-    polished plan. Near a sparsity where every candidate sits within a fraction of a percent of
-    Wanda, the short TPE's best on few probe tokens is partly the probe's noise."""
-
-    top: int = Field(4, ge=1)
-    windows: int | None = Field(None, ge=1)
-
-
-class PolishConfig(_Strict):
-    """Per-point polishing of a sparsity front: at each target sparsity in ``points``, a short
-    single-objective TPE over the same space with the sparsity fixed, scored by ``objective``
-    (slower and more faithful than the front's), started from the named methods and the front's
-    best trials at that target. The final comparison then evaluates the polished plans."""
-
-    points: list[float] = Field(min_length=1)
-    trials: int = Field(12, ge=1)  # per point, enqueued starting points included
-    objective: ObjectiveConfig = ObjectiveConfig(name="kl", params={"windows": 4})
-    front: int = Field(3, ge=0)  # best front trials at each target enqueued as starting points
-    space: dict[str, Any] | None = None  # None: the front's space (its pattern is replaced by the target)
-    seed: int = 0
-    n_startup_trials: int = Field(4, ge=0)
-    confirm: ConfirmConfig | None = None  # re-score the best few on more probe windows before choosing
-
-    @field_validator("points")
-    @classmethod
-    def _points(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 < p < 1.0 for p in v):
-            raise ValueError(f"points must lie in (0, 1), got {v}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"points repeat a value: {v}")
-        return sorted(v)
-
-
 class StageConfig(_Strict):
     """One selection stage: every candidate it scores reads the same ``tokens`` fresh tokens; the
     ``keep`` best go on to the next stage."""
@@ -200,6 +164,35 @@ class SelectionConfig(_Strict):
         if "windows" in self.objective.params or "seqlen" in self.objective.params:
             raise ValueError("the stages decide the windows the objective reads: drop objective.params windows/seqlen")
         return self
+
+
+class PolishConfig(_Strict):
+    """Per-point polishing of a sparsity front: at each target sparsity in ``points``, a short
+    single-objective TPE over the same space with the sparsity fixed, scored by ``objective``
+    (slower and more faithful than the front's), started from the named methods and the front's
+    best trials at that target. The final comparison then evaluates the polished plans.
+
+    With ``selection`` the point's plan is chosen the way a study's is (``SelectionConfig``): its
+    ``candidates`` best distinct trials and the named points scored in stages on fresh tokens, the
+    last stage's best is the polished plan (the point's study keeps the stage values)."""
+
+    points: list[float] = Field(min_length=1)
+    trials: int = Field(12, ge=1)  # per point, enqueued starting points included
+    objective: ObjectiveConfig = ObjectiveConfig(name="kl", params={"windows": 4})
+    front: int = Field(3, ge=0)  # best front trials at each target enqueued as starting points
+    space: dict[str, Any] | None = None  # None: the front's space (its pattern is replaced by the target)
+    seed: int = 0
+    n_startup_trials: int = Field(4, ge=0)
+    selection: SelectionConfig | None = None  # multi-fidelity choice among the point's best (see above)
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < p < 1.0 for p in v):
+            raise ValueError(f"points must lie in (0, 1), got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"points repeat a value: {v}")
+        return sorted(v)
 
 
 class RayConfig(_Strict):
@@ -316,8 +309,8 @@ def _check_names(config: StudyConfig) -> None:
                 raise UserError(f"invalid config: field 'polish.space': {exc}") from None
         polish = make_objective(config.polish.objective.name, **config.polish.objective.params)
         _check_probe_windows(config, polish, "polish.objective.params.windows")
-        if config.polish.confirm is not None:
-            _check_confirm(config, polish)
+        if config.polish.selection is not None:
+            _check_stages(config, config.polish.selection, "polish.selection")
     if config.selection is not None:
         _check_selection(config)
     _check_evolution(config)
@@ -340,36 +333,11 @@ def on_windows(objective: ObjectiveConfig, windows: int) -> ObjectiveConfig:
     return objective.model_copy(update={"params": {**objective.params, "windows": windows}})
 
 
-def confirm_objective(config: StudyConfig) -> ObjectiveConfig:
-    """The polishing objective as the confirmation reads it (``polish.confirm.windows``, default
-    every probe window)."""
-    return on_windows(config.polish.objective, config.polish.confirm.windows or config.probe.nsamples)
-
-
-def _check_confirm(config: StudyConfig, polish) -> None:
-    """The confirmation re-scores with the polishing objective on more probe windows than it had."""
-    from objectives import make_objective
-
-    have = polish.probe_windows_read() or config.probe.nsamples
-    spec = confirm_objective(config)
-    want = spec.params["windows"]
-    field = "polish.confirm.windows"
-    try:
-        confirm = make_objective(spec.name, **spec.params)
-    except UserError:
-        confirm = None
-    if confirm is None or confirm.probe_windows_read() != want:
-        raise UserError(f"invalid config: field 'polish.confirm': it re-scores on more probe windows, which objective "
-                        f"{polish.name!r} does not read; use a probe objective (kl, calib_ppl, model_recon) or remove 'polish.confirm'")
-    _check_probe_windows(config, confirm, field)
-    if want <= have:
-        raise UserError(f"invalid config: field '{field}': the confirmation reads {want} probe windows, no more than the "
-                        f"polishing objective's {have}; set polish.confirm.windows above {have} (and probe.nsamples with it)")
-
-
-def selection_seqlen(config: StudyConfig, tokens: int) -> tuple[int, int]:
-    """(windows, seqlen) of a selection stage reading ``tokens`` tokens."""
-    seqlen = min((config.selection.seqlen if config.selection is not None else None) or config.probe.seqlen, tokens)
+def selection_seqlen(config: StudyConfig, tokens: int, selection: "SelectionConfig | None" = None) -> tuple[int, int]:
+    """(windows, seqlen) of a selection stage reading ``tokens`` tokens (of ``selection``, default
+    the study's)."""
+    selection = selection if selection is not None else config.selection
+    seqlen = min((selection.seqlen if selection is not None else None) or config.probe.seqlen, tokens)
     return tokens // seqlen, seqlen
 
 
@@ -394,32 +362,38 @@ def _check_evolution(config: StudyConfig) -> None:
 
 
 def _check_selection(config: StudyConfig) -> None:
-    """A selection objective that reads probe windows, one search objective, whole windows per stage."""
-    from objectives import make_objective
-
+    """One search objective, the stages checked, an update not applied twice."""
     sel = config.selection
     if len(config.objectives) != 1:
+        hint = "; a sparsity front chooses per point: polish.selection" if config.polish is not None else ""
         raise UserError("invalid config: field 'selection': multi-fidelity selection chooses among the candidates of "
-                        "one objective; this study has several (selection per front point is not built yet)")
-    if config.polish is not None:
-        raise UserError("invalid config: field 'selection': a polished sparsity front has its own confirmation "
-                        "(polish.confirm); use one of the two")
+                        f"one objective; this study has several{hint}")
+    _check_stages(config, sel, "selection")
+
+
+def _check_stages(config: StudyConfig, sel: "SelectionConfig", field: str) -> None:
+    """A selection objective that reads probe windows, whole windows per stage, an update not
+    applied twice."""
+    from objectives import make_objective
+
+    if sel.reconstruction is not None:
+        space = (config.polish.space if field == "polish.selection" and config.polish.space is not None else config.space)
+        recon = space.get("reconstruction") or {}
+        searched = [k for k in ("update", "refine") if any(v != "none" for v in (recon.get(k) or ["none"]))]
+        if searched or config.searcher.name == "evolution":
+            what = f"space.reconstruction searches {', '.join(searched)}" if searched else "the evolution's level database holds the update"
+            raise UserError(f"invalid config: field '{field}.reconstruction': {what}; the stages would update the candidates "
+                            f"a second time. Use one of the two: remove {field}.reconstruction, or search without an update")
+
     try:
         objective = make_objective(sel.objective.name, **{**sel.objective.params, "windows": 1})
     except UserError:
         objective = None
     if objective is None or objective.probe_windows_read() != 1:
-        raise UserError(f"invalid config: field 'selection.objective': {sel.objective.name!r} does not read probe "
+        raise UserError(f"invalid config: field '{field}.objective': {sel.objective.name!r} does not read probe "
                         "windows; use kl, calib_ppl or model_recon")
-    if sel.reconstruction is not None:
-        recon = config.space.get("reconstruction") or {}
-        searched = [k for k in ("update", "refine") if any(v != "none" for v in (recon.get(k) or ["none"]))]
-        if searched or config.searcher.name == "evolution":
-            what = f"space.reconstruction searches {', '.join(searched)}" if searched else "the evolution's level database holds the update"
-            raise UserError(f"invalid config: field 'selection.reconstruction': {what}; the stages would update the candidates "
-                            "a second time. Use one of the two: remove selection.reconstruction, or search without an update")
     for i, stage in enumerate(sel.stages):
-        _, seqlen = selection_seqlen(config, stage.tokens)
+        _, seqlen = selection_seqlen(config, stage.tokens, sel)
         if stage.tokens % seqlen:
-            raise UserError(f"invalid config: field 'selection.stages[{i}].tokens': {stage.tokens} is not a whole "
+            raise UserError(f"invalid config: field '{field}.stages[{i}].tokens': {stage.tokens} is not a whole "
                             f"number of windows of {seqlen} tokens; use a multiple of {seqlen}")

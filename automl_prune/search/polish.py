@@ -9,10 +9,11 @@ methods at that sparsity (uniform Wanda among them, so it never ends worse than 
 objective) and from the front's best trials at that target. Each point is its own Optuna study in
 the search's storage (``<study>-polish-<s>``), so a re-run resumes it.
 
-With ``polish.confirm`` the choice is multi-fidelity: the TPE's best few distinct candidates and
-uniform Wanda are scored again by the same objective on more probe windows, and the best there is
-the polished plan (at low sparsity the whole space sits within a fraction of a percent of Wanda,
-and the TPE's best on few probe tokens is partly their noise).
+With ``polish.selection`` the point's plan is chosen as a study's is (``selection.py``, one
+mechanism): the point's best distinct candidates and the named points (uniform Wanda among them)
+scored in stages on fresh calibration-domain tokens, the last stage's best is the polished plan (at
+low sparsity the whole space sits within a fraction of a percent of Wanda, and the short TPE's best
+on few probe tokens is partly their noise). The stage values live in the point's study.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from optuna.trial import TrialState
 from ..progress import progress_bar
 
 from ..errors import UserError
-from .config import confirm_objective
 from .driver import FINISHED, SearchState, evaluate_trial
+from .selection import run_selection, study_plan
 from .storage import storage_url, study_name
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,9 @@ def check_polish_studies(config, out: Path) -> None:
                             f"{summary.user_attrs.get('objective')}, not {wanted}; use another --out folder or study_name")
 
 
-def polish_point(state: SearchState, point: float, objective, out: Path, *, confirm=None, progress: bool = True) -> dict:
+def polish_point(state: SearchState, point: float, objective, out: Path, *, progress: bool = True) -> dict:
     """Polish one target sparsity; returns the best trial's plan and values, and Wanda's. With
-    ``confirm`` (the objective on more probe windows) the best few are re-scored and the best
-    there is chosen (``polish.confirm``)."""
+    ``polish.selection`` the best is the one its stages select."""
     from search_spaces import make_space
 
     cfg, config = state.config.polish, state.config
@@ -102,7 +102,9 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, conf
             study.enqueue_trial(params, user_attrs={"named_point": label})
         for number, params in front_starts(state.study, point, cfg.front, space):
             study.enqueue_trial(params, user_attrs={"front_trial": number}, skip_if_exists=True)
-    sub = SearchState(config=config, study=study, space=space, profile=state.profile, objectives=[objective], ctx=state.ctx)
+    # the point's own study: its selection is polish.selection (the stage values live in this study)
+    sub = SearchState(config=config.model_copy(update={"selection": cfg.selection}), study=study, space=space,
+                      profile=state.profile, objectives=[objective], ctx=state.ctx)
     dists = space.distributions()
     done = lambda: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))  # noqa: E731
     bar = progress_bar(total=cfg.trials, initial=done(), desc=f"polish {point:g}", unit="trial", enabled=progress,
@@ -118,56 +120,14 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, conf
     sign = 1.0 if objective.direction == "minimize" else -1.0
     best = min(complete, key=lambda t: sign * t.value)
     wanda = next((t for t in complete if t.user_attrs.get("named_point") == "wanda"), None)
-    confirmed = None
-    if confirm is not None:
-        confirmed = confirm_point(state.ctx, study, confirm_candidates(complete, wanda, cfg.confirm.top, sign), confirm)
-        if confirmed:
-            chosen = min(confirmed, key=lambda c: (sign * c["confirmed"], sign * c["value"]))["trial"]
-            best = next(t for t in complete if t.number == chosen)
+    selection = run_selection(sub, progress=progress) if cfg.selection is not None else None
+    if selection is not None:
+        best = next(t for t in complete if t.number == selection["selected"])
     return dict(point=point, study=name, trials=len(study.trials), new_trials=sub.new_trials, objective=objective.name,
-                best=dict(trial=best.number, value=best.value, plan=best.user_attrs["plan"], params=best.params,
-                          named_point=best.user_attrs.get("named_point"), front_trial=best.user_attrs.get("front_trial")),
+                best=dict(trial=best.number, value=best.value, plan=study_plan(sub.config, best.user_attrs["plan"]).to_dict(),
+                          params=best.params, named_point=best.user_attrs.get("named_point"), front_trial=best.user_attrs.get("front_trial")),
                 wanda=None if wanda is None else dict(trial=wanda.number, value=wanda.value),
-                **({} if confirmed is None else
-                   dict(confirm=dict(windows=confirm.probe_windows_read(), top=cfg.confirm.top, candidates=confirmed))))
-
-
-def confirm_candidates(complete: list, wanda, top: int, sign: float) -> list:
-    """The ``top`` best trials with distinct masks on the polishing objective, and ``wanda`` (the
-    uniform Wanda trial, when there is one)."""
-    out, seen = [], set()
-    for t in sorted(complete, key=lambda t: sign * t.value):
-        key = t.user_attrs.get("mask_hash") or t.number
-        if key not in seen and len(out) < top:
-            seen.add(key)
-            out.append(t)
-    if wanda is not None and (wanda.user_attrs.get("mask_hash") or wanda.number) not in seen:
-        out.append(wanda)
-    return out
-
-
-def confirm_point(ctx, study: optuna.Study, candidates: list, objective) -> list[dict]:
-    """Score ``candidates`` (the best few and Wanda) again with ``objective`` (more probe windows), a
-    stage of selection.score_stage on the probe windows.
-
-    The values are kept in the study's user attributes (``confirmed``, by trial number, for one
-    objective setting), so a re-run does not score them again. A candidate that fails is left out."""
-    from ..pruning.plan import PruningPlan
-    from .selection import score_stage
-
-    spec = dict(name=objective.name, windows=objective.probe_windows_read())
-    stored = study.user_attrs.get("confirmed") or {}
-    values = dict(stored.get("values") or {}) if stored.get("objective") == spec else {}
-
-    def keep(key: str, value: float | None) -> None:
-        if value is not None:
-            values[key] = value
-            study.set_user_attr("confirmed", dict(objective=spec, values=values))
-
-    scored = score_stage(ctx, objective, {str(t.number): PruningPlan.from_dict(t.user_attrs["plan"]) for t in candidates},
-                         done=values, on_value=keep, label="confirmation")
-    return [dict(trial=t.number, value=t.value, confirmed=scored[str(t.number)], named_point=t.user_attrs.get("named_point"))
-            for t in candidates if scored.get(str(t.number)) is not None]
+                **({} if selection is None else dict(selection=selection)))
 
 
 def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> list[dict]:
@@ -179,14 +139,9 @@ def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> lis
         return []
     objective = make_objective(cfg.objective.name, **cfg.objective.params)
     objective.prepare(state.ctx)
-    confirm = None
-    if cfg.confirm is not None:
-        spec = confirm_objective(state.config)
-        confirm = make_objective(spec.name, **spec.params)
-        confirm.prepare(state.ctx)
     results = []
     for point in cfg.points:
-        result = polish_point(state, point, objective, out, confirm=confirm, progress=progress)
+        result = polish_point(state, point, objective, out, progress=progress)
         best = result.get("best") or {}
         log.info("polish %.2f: best %s = %s (trial %s), wanda %s", point, objective.name, best.get("value"),
                  best.get("trial"), (result.get("wanda") or {}).get("value"))

@@ -283,22 +283,24 @@ def polish_section(final: dict) -> list[str]:
     ppl = {r["target"]: r["ppl"] for r in polished_rows(final)}
     wanda = baseline_ppl(final, "wanda")
     name = polish[0].get("objective", "objective")
-    confirm = next((p["confirm"] for p in polish if p.get("confirm")), None)
+    staged = next((p["selection"] for p in polish if p.get("selection")), None)
     lines = ["", "### Polishing", "",
              f"Each target sparsity got a short TPE with the sparsity fixed, scored by `{name}`, started from the named "
              "methods and the front's best trials there."
-             + ("" if confirm is None else f" Its best {confirm['top']} distinct candidates and uniform Wanda were then "
-                f"scored again by `{name}` on {confirm['windows']} probe windows (confirmation); the best there is the "
-                "polished plan."), ""]
-    extra = ("", "") if confirm is None else (f" confirmed best | confirmed Wanda |", "---:|---:|")
+             + ("" if staged is None else f" Its best distinct candidates and the named points ({staged['pool']} plans) were then "
+                "selected in stages on fresh calibration-domain tokens ("
+                + " -> ".join(f"{st['tokens']:,}" for st in staged["stages"]) + " tokens, "
+                f"`{staged['objective']['name']}`); the last stage's best is the polished plan."), ""]
+    extra = ("", "") if staged is None else (" last stage: selected | last stage: Wanda |", "---:|---:|")
     lines += [f"| target | trials | best trial (start) | {name} best | {name} Wanda |{extra[0]} held-out ppl | Wanda held-out ppl |",
               f"|---:|---:|---|---:|---:|{extra[1]}---:|---:|"]
     for p in polish:
         b, w = p.get("best") or {}, p.get("wanda") or {}
         start = b.get("named_point") or (f"front trial {b['front_trial']}" if b.get("front_trial") is not None else "TPE")
         cells = ""
-        if confirm is not None:
-            got = {c["trial"]: c["confirmed"] for c in (p.get("confirm") or {}).get("candidates", [])}
+        if staged is not None:
+            stages = (p.get("selection") or {}).get("stages") or [{}]
+            got = {c["trial"]: c["value"] for c in stages[-1].get("candidates", [])}
             cells = f" {_fmt(got.get(b.get('trial')))} | {_fmt(got.get(w.get('trial')))} |"
         lines.append(f"| {p['point']:g} | {p.get('trials')} | {b.get('trial', '-')} ({start}) | {_fmt(b.get('value'))} | "
                      f"{_fmt(w.get('value'))} |{cells} {_fmt(ppl.get(p['point']))} | {_fmt(wanda.get(p['point']))} |")
