@@ -286,3 +286,29 @@ def test_layer_recon_sketch_is_close_to_the_exact_error(ctx):
     full = make_objective("layer_recon", weighting="energy", sketch=10_000)  # r >= in: exact
     assert full(ctx, None) == pytest.approx(exact(ctx, None), rel=1e-6)
     ctx.restore()
+
+
+def test_updated_plans_are_applied_once_and_copied_back_after(monkeypatch):
+    """A plan with a weight update (tens of seconds on a real model) is pruned once per context: applying
+    it again (the next selection stage, the final comparison) copies the kept weights back, equal to
+    a fresh prune; the bound keeps no more entries than fit."""
+    import automl_prune.search.context as C
+
+    ctx = _context(sharpen=False)
+    calls = []
+    real = C.prune_model
+    monkeypatch.setattr(C, "prune_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    admm = plan_for_method("admm", sparsity=0.5)
+    first = ctx.apply(admm)
+    weights = {k: m.weight.detach().clone() for k, m in ctx.modules.items()}
+    ctx.apply(plan_for_method("wanda", sparsity=0.5))  # mask-only plans are not kept (cheap to redo)
+    ctx.apply(plan_for_method("wanda", sparsity=0.5))
+    again = ctx.apply(admm)
+    assert len(calls) == 3 and again is first
+    assert all(torch.equal(m.weight, weights[k]) for k, m in ctx.modules.items())
+    ctx.restore()
+    monkeypatch.setattr(C, "UPDATED_CACHE_BYTES", ctx._entry_bytes)  # room for one entry: the older one goes
+    ctx.apply(plan_for_method("admm", sparsity=0.6))
+    ctx.apply(admm)
+    assert len(calls) == 5
+    ctx.restore()

@@ -3,10 +3,19 @@
 A candidate is applied to the model's weights in place (masks from scores; no model reload) and
 the dense weights are restored before the next one. Evaluating one candidate is a plain function
 of (plan, context), so a local loop and a Ray worker share it.
+
+Plans with a weight update (SparseGPT, ADMM) cost tens of seconds to apply, and the selection
+stages and the final comparison apply the same ones again: their pruned weights are kept (least
+recently used first out) within ``UPDATED_CACHE_BYTES`` (4 GiB by default, ``$AUTOML_PRUNE_UPDATED_CACHE_MB``
+overrides; 0 turns it off), so applying one again is a copy. A model whose prunable weights exceed
+the bound keeps none.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +26,8 @@ from ..calibration.capture import BlockStats
 from ..models.adapters import decoder_blocks, prunable_linears
 from ..pruning.apply import PruneResult, prune_model
 from ..pruning.plan import PruningPlan
+
+UPDATED_CACHE_BYTES = int(float(os.environ.get("AUTOML_PRUNE_UPDATED_CACHE_MB", 4096)) * 2**20)
 
 
 @dataclass
@@ -49,6 +60,9 @@ class SearchContext:
         self.dense: dict[str, torch.Tensor] = {k: m.weight.detach().clone() for k, m in self.modules.items()}
         # which stored levels the weights hold now (a dict shared by shallow copies, which share the weights)
         self._applied: dict = {"levels": None}
+        # pruned weights of updated plans, by plan (shared by shallow copies): see the module's docstring
+        self._updated: OrderedDict[str, tuple[dict[str, torch.Tensor], PruneResult]] = OrderedDict()
+        self._entry_bytes = sum(w.numel() * w.element_size() for w in self.dense.values())
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -67,8 +81,21 @@ class SearchContext:
         levels = self.levels.levels_of(plan, len(self.blocks)) if self.levels is not None else None
         if levels is not None:
             return self._swap(plan, levels)
+        key = json.dumps(plan.model_dump(mode="json"), sort_keys=True) if plan.update != "none" else None
+        if key is not None and key in self._updated:
+            weights, result = self._updated[key]
+            self._updated.move_to_end(key)
+            for k, m in self.modules.items():
+                m.weight.data.copy_(weights[k])
+            self._applied["levels"] = None
+            return result
         self.restore()
-        return prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False)
+        result = prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False)
+        if key is not None and 0 < self._entry_bytes <= UPDATED_CACHE_BYTES:
+            while self._updated and (len(self._updated) + 1) * self._entry_bytes > UPDATED_CACHE_BYTES:
+                self._updated.popitem(last=False)
+            self._updated[key] = ({k: m.weight.detach().clone() for k, m in self.modules.items()}, result)
+        return result
 
     def _swap(self, plan: PruningPlan, levels: dict[str, int]) -> PruneResult:
         self.levels.swap_into(self.modules, self.dense, levels, self._applied["levels"])
