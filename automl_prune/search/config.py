@@ -310,7 +310,7 @@ def _check_names(config: StudyConfig) -> None:
         polish = make_objective(config.polish.objective.name, **config.polish.objective.params)
         _check_probe_windows(config, polish, "polish.objective.params.windows")
         if config.polish.selection is not None:
-            _check_stages(config, config.polish.selection, "polish.selection")
+            _check_stages(config, config.polish.selection, "polish.selection", config.polish.space or config.space)
     if config.selection is not None:
         _check_selection(config)
     _check_evolution(config)
@@ -368,16 +368,15 @@ def _check_selection(config: StudyConfig) -> None:
         hint = "; a sparsity front chooses per point: polish.selection" if config.polish is not None else ""
         raise UserError("invalid config: field 'selection': multi-fidelity selection chooses among the candidates of "
                         f"one objective; this study has several{hint}")
-    _check_stages(config, sel, "selection")
+    _check_stages(config, sel, "selection", config.space)
 
 
-def _check_stages(config: StudyConfig, sel: "SelectionConfig", field: str) -> None:
+def _check_stages(config: StudyConfig, sel: "SelectionConfig", field: str, space: dict) -> None:
     """A selection objective that reads probe windows, whole windows per stage, an update not
-    applied twice."""
+    applied twice (``space``: the space whose candidates the stages score)."""
     from objectives import make_objective
 
     if sel.reconstruction is not None:
-        space = (config.polish.space if field == "polish.selection" and config.polish.space is not None else config.space)
         recon = space.get("reconstruction") or {}
         searched = [k for k in ("update", "refine") if any(v != "none" for v in (recon.get(k) or ["none"]))]
         if searched or config.searcher.name == "evolution":
