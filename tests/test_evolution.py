@@ -174,3 +174,60 @@ def test_evolution_over_updated_layers_starts_at_the_base_allocation(tmp_path, t
     plans = [PruningPlan.from_dict(t.user_attrs["plan"]) for t in study.trials]
     assert all(p.update == "admm" and p.admm.gradual and p.admm.iterations == 4 and p.group == "matrix" for p in plans)
     assert children and all(t.user_attrs.get("swapped") for t in children)
+
+
+def test_joint_plan_metric_then_allocation_over_updated_layers_in_one_study(tmp_path, tiny_llama_dir, data_dir):
+    """allocation_search: the first phase searches the metric on masks and updates its survivors
+    (selection.reconstruction); its selected plan starts the evolution over a database of that plan's
+    updated layers (its metric carried over unchanged), in <study>-allocation of the same storage;
+    best.yaml is the evolution's choice, and a re-run resumes both phases without scoring again."""
+    recon = {"update": "admm", "admm": {"gradual": True, "iterations": 4, "gradual_iterations": 3}}
+    selection = {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}], "candidates": 3, "seqlen": 64,
+                 "objective": {"name": "kl", "params": {"topk": 64}}, "reconstruction": recon}
+    phase = {"allocation": {"name": "levels", "levels": 3, "base": "owl"},
+             "searcher": {"name": "evolution", "seed": 0, "offspring": 3, "survivors": 1, "stage_tokens": 128},
+             "budget": {"trials": 4}}
+    over = dict(objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 5}, selection=selection,
+                allocation_search=phase, final={"top": 1, "fidelity_sample": 0, "baselines": ["admm"]})
+    out = tmp_path / "run"
+    run_search(load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over)), out, progress=False)
+    storage = f"sqlite:///{out / 'study.db'}"
+    first = optuna.load_study(study_name="automl-prune", storage=storage)
+    evo = optuna.load_study(study_name="automl-prune-allocation", storage=storage)
+    chosen = first.trials[first.user_attrs["selected_trial"]]
+    start, *children = evo.trials
+    assert start.user_attrs["named_point"] == "selected" and start.user_attrs["start_trial"] == chosen.number
+    metric_keys = [k for k in chosen.params if k.startswith("metric.")]
+    assert metric_keys and all(t.params[k] == chosen.params[k] for t in evo.trials for k in metric_keys)
+    plans = [PruningPlan.from_dict(t.user_attrs["plan"]) for t in evo.trials]
+    assert all(p.update == "admm" and p.admm.iterations == 4 for p in plans)
+    assert children and all(t.user_attrs.get("swapped") for t in children)
+    best = PruningPlan.load(out / "best.yaml")
+    selected = evo.trials[evo.user_attrs["selected_trial"]]
+    assert best.layer_sparsity == PruningPlan.from_dict(selected.user_attrs["plan"]).layer_sparsity
+    assert best.update == "admm" and best.metric == PruningPlan.from_dict(chosen.user_attrs["plan"]).metric
+    final = json.loads((out / "final.json").read_text())
+    by = {r.get("selected_by"): r for r in final["rows"]}
+    assert by["first phase"]["trial"] == chosen.number and by["selection stages"]["trial"] == selected.number
+    assert abs(by["selection stages"]["sparsity"] - by["first phase"]["sparsity"]) < 1e-3  # the same target, reallocated
+    assert final["first_phase"]["selected"] == chosen.number
+    report = (out / "report.md").read_text()
+    assert "What the allocation phase bought" in report and "Evolution over" in report
+    # a re-run with the same budgets resumes: no trial added to either study
+    run_search(load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over)), out, progress=False)
+    assert len(optuna.load_study(study_name="automl-prune-allocation", storage=storage).trials) == len(evo.trials)
+    assert len(optuna.load_study(study_name="automl-prune", storage=storage).trials) == len(first.trials)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"space": {"metric": {"name": "bawa"}, "allocation": "uniform", "pattern": {"name": "nm", "pattern": "2:4"}}},
+     "unstructured pattern"),
+    ({"allocation_search": {"allocation": {"name": "owl"}}}, "searches per-layer levels"),
+    ({"allocation_search": {"searcher": {"name": "tpe"}}}, "name: evolution"),
+    ({"objectives": [{"name": "layer_recon"}, {"name": "sparsity"}]}, "one objective"),
+    ({"allocation_search": {"searcher": {"name": "evolution", "stage_tokens": 100}}}, "multiple of 64"),
+])
+def test_bad_allocation_phases_are_refused_before_loading(tmp_path, tiny_llama_dir, data_dir, over, message):
+    base = {"allocation_search": {}, "objectives": [{"name": "kl", "params": {"topk": 64}}]}
+    with pytest.raises(UserError, match=message):
+        load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **{**base, **over}))

@@ -4,6 +4,7 @@ reproducibility, failed candidates, multi-objective fronts (Optuna NSGA-III, pym
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import optuna
 import pytest
@@ -327,3 +328,12 @@ def test_polishing_starts_from_the_fronts_best_trials_whichever_the_direction(di
                                                   values=[value, 0.5]))
     starts = front_starts(study, 0.5, 2)
     assert [n for n, _ in starts] == ([1, 2] if direction == "minimize" else [3, 0])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    """Each config in configs/ passes the whole validation (fields, spaces, objectives, stages,
+    evolution and allocation-phase checks) that runs before a model is loaded."""
+    config = load_config(path)
+    assert config.objectives and config.budget.trials or config.budget.timeout

@@ -195,6 +195,33 @@ class PolishConfig(_Strict):
         return sorted(v)
 
 
+class AllocationSearchConfig(_Strict):
+    """A second phase of the study (search/allocation_phase.py): the plan the first phase selected
+    (metric, pattern, and the update of ``selection.reconstruction``) starts EvoPress's evolution of
+    the per-layer allocation over a level database built from that plan, in the study
+    ``<study>-allocation`` of the same storage. Metric x update is paid by the first phase's
+    survivors only, allocation x update by the database: the joint plan in one study."""
+
+    allocation: dict[str, Any] = {"name": "levels", "levels": 5, "base": "owl", "M": 5, "lambda": 0.08}
+    searcher: SearcherConfig = SearcherConfig(name="evolution", offspring=16, survivors=3, stage_tokens=2048, stage_pool=16)
+    objective: ObjectiveConfig | None = None  # the evolution's fitness; None: the study's objective
+    budget: BudgetConfig = BudgetConfig(trials=3000, timeout=2700)
+
+    @field_validator("allocation")
+    @classmethod
+    def _levels(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("name") != "levels":
+            raise ValueError("the allocation phase searches per-layer levels: give {name: levels, levels: 5, base: owl}")
+        return v
+
+    @field_validator("searcher")
+    @classmethod
+    def _evolution(cls, v: SearcherConfig) -> SearcherConfig:
+        if v.name != "evolution":
+            raise ValueError("the allocation phase is searched by the evolution (level-switch mutation): name: evolution")
+        return v
+
+
 class RayConfig(_Strict):
     """The Ray Tune executor: where to run and what each trial asks for."""
 
@@ -231,6 +258,7 @@ class StudyConfig(_Strict):
     final: FinalConfig = FinalConfig()
     polish: PolishConfig | None = None  # sparsity fronts only: see PolishConfig
     selection: SelectionConfig | None = None  # multi-fidelity selection after the search: see SelectionConfig
+    allocation_search: AllocationSearchConfig | None = None  # the joint plan's allocation phase: see AllocationSearchConfig
 
     def plan_origin(self) -> dict:
         """What every plan file of this study records of where it came from: the calibration (so
@@ -314,6 +342,8 @@ def _check_names(config: StudyConfig) -> None:
     if config.selection is not None:
         _check_selection(config)
     _check_evolution(config)
+    if config.allocation_search is not None:
+        _check_allocation_search(config)
     from .final import BASELINES
 
     unknown = [b for b in config.final.baselines if b not in BASELINES]
@@ -396,3 +426,37 @@ def _check_stages(config: StudyConfig, sel: "SelectionConfig", field: str, space
         if stage.tokens % seqlen:
             raise UserError(f"invalid config: field '{field}.stages[{i}].tokens': {stage.tokens} is not a whole "
                             f"number of windows of {seqlen} tokens; use a multiple of {seqlen}")
+
+
+def _check_allocation_search(config: StudyConfig) -> None:
+    """The allocation phase follows a single-objective search of unstructured plans at a fixed
+    target, not an evolution (that one already searches the allocation) and not a front."""
+    from objectives import make_objective
+    from search_spaces import make_space
+
+    field = "invalid config: field 'allocation_search'"
+    if config.searcher.name == "evolution":
+        raise UserError(f"{field}: the searcher is already the evolution over levels; remove allocation_search")
+    if len(config.objectives) != 1 or config.polish is not None:
+        raise UserError(f"{field}: the allocation phase starts from one selected plan; use one objective and no polish")
+    pattern = config.space.get("pattern") or {}
+    if pattern.get("name") != "unstructured":
+        raise UserError(f"{field}: per-layer sparsities need an unstructured pattern at a fixed target "
+                        f"(space.pattern.name: unstructured), not {pattern.get('name')!r}")
+    phase = config.allocation_search
+    try:
+        make_space({**config.space, "allocation": phase.allocation})
+    except UserError as exc:
+        raise UserError(f"{field}.allocation: {exc}") from None
+    recon = config.selection.reconstruction if config.selection is not None else None
+    if recon is not None and recon.refine == "dsnot" and recon.dsnot != DsnotOptions():
+        raise UserError(f"{field}: the level database refines with DSnoT's default settings; drop "
+                        "selection.reconstruction.dsnot or the allocation phase")
+    objective = phase.objective or config.objectives[0]
+    _check_probe_windows(config, make_objective(objective.name, **objective.params), "allocation_search.objective.params.windows")
+    stage = phase.searcher.stage_tokens
+    if stage is not None:
+        _, seqlen = selection_seqlen(config.model_copy(update={"selection": None}), stage)  # the phase has no selection
+        if stage % seqlen:
+            raise UserError(f"{field}.searcher.stage_tokens: {stage} is not a whole number of windows of {seqlen} tokens; "
+                            f"use a multiple of {seqlen}")

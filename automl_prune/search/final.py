@@ -112,12 +112,15 @@ def selection_trials(state: SearchState, selection: dict) -> list[tuple[FrozenTr
 
 
 def final_comparison(state: SearchState, *, polished: list[dict] | None = None, selection: dict | None = None,
-                     progress: bool = True) -> dict:
+                     first_phase: tuple[SearchState, dict | None, int] | None = None, progress: bool = True) -> dict:
     """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample.
     With ``polished`` (the results of per-point polishing) the polished plans are the chosen ones,
     each compared with the baselines at its target sparsity. With ``selection`` (multi-fidelity
     selection) the selected plan and the fast objective's best are the chosen ones, and each
-    stage's rank correlation with held-out perplexity is measured over its candidates."""
+    stage's rank correlation with held-out perplexity is measured over its candidates. With
+    ``first_phase`` (the first phase's state, selection and chosen trial, when ``state`` is the
+    allocation phase of a joint plan) that trial's plan is a row too (what the allocation phase
+    bought) and the first phase's stages get their rank correlations."""
     cfg = state.config.final
     heldout = HeldoutEvaluator(state.ctx)
     rows: list[dict] = []
@@ -140,6 +143,14 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
                              sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point"),
                              **({"selected_by": by} if by else {})))
             targets[_target(plan, realised)] = None
+    if first_phase is not None:
+        first, _, number = first_phase
+        t = first.study.get_trials(deepcopy=False)[number]
+        plan = study_plan(first.config, t.user_attrs["plan"])
+        ppl, realised, _ = heldout(plan)
+        rows.append(dict(kind="searched", name=f"first phase: trial {number}", trial=number, values=list(t.values), ppl=ppl,
+                         sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point"),
+                         selected_by="first phase"))
     for sparsity, pattern in targets:
         for method in progress_bar(cfg.baselines, desc="final: baselines", unit="plan", **bar):
             try:
@@ -157,6 +168,9 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     out = dict(rows=rows, fidelity=fidelity)
     if selection:
         out["selection"] = {**selection, "fidelity": stage_fidelity(state, selection, heldout, progress=progress)}
+    if first_phase is not None and first_phase[1]:
+        first, sel, number = first_phase
+        out["first_phase"] = {**sel, "fidelity": stage_fidelity(first, sel, heldout, progress=progress)}
     state.ctx.restore()
     if polished:  # the summary of each point; the plans themselves are in the rows
         out["polish"] = [{**p, "best": {k: v for k, v in (p.get("best") or {}).items() if k != "plan"}} for p in polished]

@@ -242,7 +242,8 @@ def row_label(r: dict) -> str:
     started from, and which step chose it (the selection stages or the fast objective alone)."""
     notes = [f"named point {r['named_point']}"] if r.get("named_point") else []
     if r.get("selected_by"):
-        notes.append("selected by the stages" if r["selected_by"] == "selection stages" else "the fast objective's best")
+        notes.append({"selection stages": "selected by the stages", "first phase": "the first phase's plan, base allocation"}
+                     .get(r["selected_by"], "the fast objective's best"))
     return f"{r['name']} ({', '.join(notes)})" if notes else r["name"]
 
 
@@ -385,6 +386,29 @@ def selection_section(final: dict) -> list[str]:
     return lines
 
 
+def allocation_phase_section(final: dict, meta: dict) -> list[str]:
+    """A joint plan: the first phase's selection (metric x update), then what the allocation phase
+    (evolution over the level database of the first phase's plan) bought over it, held out."""
+    phase = meta.get("allocation_phase")
+    if not phase:
+        return []
+    rows = {r.get("selected_by"): r for r in final.get("rows", []) if r.get("selected_by")}
+    first, picked = rows.get("first phase"), rows.get("selection stages")
+    lines = ["", "### First phase: metric x update", "",
+             f"The first phase searched the metric on masks; its selection chose trial {phase['start_trial']}. Its plan, at "
+             f"the base allocation, started the allocation phase (study `{phase['study']}`: {phase.get('finished_trials', 0)} "
+             f"trials, level database {phase.get('database_seconds') or 0:.0f} s, search {phase.get('seconds') or 0:.0f} s this "
+             "run)."]
+    if first and picked:
+        change = 100 * (picked["ppl"] / first["ppl"] - 1)
+        lines += ["", f"What the allocation phase bought: {picked['ppl']:.3f} (trial {picked['trial']} of the allocation phase) "
+                      f"against {first['ppl']:.3f} (the first phase's plan at the base allocation) held out ({change:+.1f}%)."]
+    if final.get("first_phase"):
+        lines += [line.replace("### Selection", "#### Its selection stages") for line in
+                  selection_section({"selection": final["first_phase"], "rows": []})[1:]]
+    return lines
+
+
 def _over_every_run(meta: dict, key: str) -> str:
     """"; T s over every run of this study." when ``<key>_total`` exceeds this run's ``key``."""
     total = meta.get(f"{key}_total", 0)
@@ -456,6 +480,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
             lines += ["", f"Zero-shot: the average over {', '.join(z['tasks'])} on the first {z['limit']} documents of "
                           "each task (lm-eval prompts and metrics; acc_norm averages acc where a task has no acc_norm)."]
         lines += polish_section(final)
+        lines += allocation_phase_section(final, meta)
         lines += selection_section(final)
         fid = final.get("fidelity") or {}
         lines += ["", "## Does the objective track held-out perplexity?", ""]
@@ -495,14 +520,20 @@ def rebuild(out: Path) -> Path:
     study = optuna.load_study(study_name=study_name(config), storage=storage_url(config, out))
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else None
-    return write_outputs(study, out, [o.name for o in config.objectives], meta, final, origin=config.plan_origin())
+    delivered = None
+    if config.allocation_search is not None and meta.get("allocation_phase"):
+        delivered = optuna.load_study(study_name=meta["allocation_phase"]["study"], storage=storage_url(config, out))
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, final, origin=config.plan_origin(),
+                         delivered=delivered)
 
 
 def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, final: dict | None,
-                  origin: dict | None = None) -> Path:
-    """Every output of a search folder; plan files record ``origin`` (``StudyConfig.plan_origin``)."""
+                  origin: dict | None = None, delivered: optuna.Study | None = None) -> Path:
+    """Every output of a search folder; plan files record ``origin`` (``StudyConfig.plan_origin``).
+    ``delivered``: the study whose selected plan is best.yaml (a joint plan's allocation phase;
+    default ``study``)."""
     write_trials_csv(study, out)
-    plans = write_plans(study, out, origin)
+    plans = write_plans(delivered if delivered is not None else study, out, origin)
     write_polished_plans(final, out, origin)
     plot_history(study, names, out)
     plot_pareto(study, names, final, out)

@@ -124,6 +124,25 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
         if selection:
             log.info("selection: trial %d selected (the fast objective's best: trial %d)", selection["selected"],
                      selection["fast_best"])
+    phase, first_phase = None, None
+    if config.allocation_search is not None:  # the joint plan's allocation phase, from the plan selected above
+        from .allocation_phase import run_allocation_phase, selected_trial
+
+        sign = 1.0 if directions_of(config, objectives)[0] == "minimize" else -1.0
+        first = selected_trial(study, selection, sign)
+        start = time.perf_counter()
+        phase, evolved = run_allocation_phase(state, first, out, progress=progress)
+        seconds = round(time.perf_counter() - start, 1)
+        meta["allocation_phase"] = dict(study=phase.config.study_name, start_trial=first.number, seconds=seconds,
+                                        database_seconds=phase.database_seconds, trials_this_run=phase.new_trials,
+                                        finished_trials=phase.finished(), stopped_by=stopped_by(phase.config, phase.spent()),
+                                        budget=phase.config.budget.model_dump(), searcher=phase.config.searcher.model_dump(),
+                                        seconds_total=running_total(before.get("allocation_phase") or {}, "seconds", seconds))
+        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        first_phase = (state, selection, first.number)
+        selection = evolved
+        log.info("allocation phase: trial %s of %s selected (from trial %d of the first phase)",
+                 None if evolved is None else evolved["selected"], phase.config.study_name, first.number)
     result = None
     if not final and (out / "final.json").exists():
         result = json.loads((out / "final.json").read_text())  # --no-final keeps the earlier comparison
@@ -137,10 +156,12 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
             (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
         log.info("final comparison on held-out %s: the chosen plans and the baselines %s", config.heldout.source,
                  ", ".join(config.final.baselines))
-        result = final_comparison(state, polished=polished, selection=selection, progress=progress)
+        result = final_comparison(phase or state, polished=polished, selection=selection, first_phase=first_phase,
+                                  progress=progress)
         (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
     ctx.restore()
-    return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin())
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin(),
+                         delivered=None if phase is None else phase.study)
 
 
 def stopped_by(config: StudyConfig, finished: int) -> str:
