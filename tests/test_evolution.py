@@ -176,19 +176,24 @@ def test_evolution_over_updated_layers_starts_at_the_base_allocation(tmp_path, t
     assert children and all(t.user_attrs.get("swapped") for t in children)
 
 
+#: a joint plan on the tiny Llama: TPE on masks, ADMM on the selection's survivors, then the evolution
+JOINT = dict(
+    objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 5},
+    selection={"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}], "candidates": 3, "seqlen": 64,
+               "objective": {"name": "kl", "params": {"topk": 64}},
+               "reconstruction": {"update": "admm", "admm": {"gradual": True, "iterations": 4, "gradual_iterations": 3}}},
+    allocation_search={"allocation": {"name": "levels", "levels": 3, "base": "owl"},
+                       "searcher": {"name": "evolution", "seed": 0, "offspring": 3, "survivors": 1, "stage_tokens": 128},
+                       "budget": {"trials": 4}},
+    final={"top": 1, "fidelity_sample": 0, "baselines": ["admm"]})
+
+
 def test_joint_plan_metric_then_allocation_over_updated_layers_in_one_study(tmp_path, tiny_llama_dir, data_dir):
     """allocation_search: the first phase searches the metric on masks and updates its survivors
     (selection.reconstruction); its selected plan starts the evolution over a database of that plan's
     updated layers (its metric carried over unchanged), in <study>-allocation of the same storage;
     best.yaml is the evolution's choice, and a re-run resumes both phases without scoring again."""
-    recon = {"update": "admm", "admm": {"gradual": True, "iterations": 4, "gradual_iterations": 3}}
-    selection = {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}], "candidates": 3, "seqlen": 64,
-                 "objective": {"name": "kl", "params": {"topk": 64}}, "reconstruction": recon}
-    phase = {"allocation": {"name": "levels", "levels": 3, "base": "owl"},
-             "searcher": {"name": "evolution", "seed": 0, "offspring": 3, "survivors": 1, "stage_tokens": 128},
-             "budget": {"trials": 4}}
-    over = dict(objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 5}, selection=selection,
-                allocation_search=phase, final={"top": 1, "fidelity_sample": 0, "baselines": ["admm"]})
+    over = JOINT
     out = tmp_path / "run"
     run_search(load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over)), out, progress=False)
     storage = f"sqlite:///{out / 'study.db'}"

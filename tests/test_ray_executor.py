@@ -108,6 +108,24 @@ def test_evolution_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_
     assert sel[0]["selected"] == sel[1]["selected"]
 
 
+def test_joint_plan_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    """allocation_search on Ray: both phases' candidates on actors (the phase's actors swap from the
+    database the driver built of the first phase's selected plan); the same trials and values."""
+    from test_evolution import JOINT
+
+    path = _config(tmp_path, tiny_llama_dir, data_dir, **JOINT)
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    run_search(load_config(path), local, progress=False)
+    run_search(load_config(path, {"executor": "ray", "ray.max_concurrent_trials": 1}), on_ray, progress=False)
+    phase = [optuna.load_study(study_name="automl-prune-allocation", storage=f"sqlite:///{o / 'study.db'}").get_trials()
+             for o in (local, on_ray)]
+    assert [t.params for t in phase[0]] == [t.params for t in phase[1]]
+    for ta, tb in zip(*phase):
+        assert tb.values == pytest.approx(ta.values, rel=1e-5)
+    assert all("ray_node_id" in t.user_attrs for t in phase[1])
+    assert (local / "best.yaml").read_text() == (on_ray / "best.yaml").read_text()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -95,7 +95,12 @@ def run_allocation_phase(state: SearchState, selected: FrozenTrial, out: Path, *
     log.info("allocation phase: evolution of trial %d's allocation (%s), study %r, budget %s trials / %s s",
              selected.number, config.space["allocation"].get("base", "uniform"), config.study_name, config.budget.trials,
              config.budget.timeout)
-    evolution_loop(sub, out, progress=progress)
+    if config.executor == "ray":  # children farmed out to Ray actors, as the first phase's were
+        from .ray_executor import ray_loop
+
+        sub.new_trials = ray_loop(sub, out, progress=progress)
+    else:
+        evolution_loop(sub, out, progress=progress)
     return sub, selection_record(sub, study.user_attrs.get(ATTR) or {})
 
 
