@@ -218,6 +218,7 @@ def test_joint_plan_metric_then_allocation_over_updated_layers_in_one_study(tmp_
     assert final["first_phase"]["selected"] == chosen.number
     report = (out / "report.md").read_text()
     assert "What the allocation phase bought" in report and "Evolution over" in report
+    assert (out / "layerwise.png").exists()  # the per-layer sparsities of best.yaml
     # a re-run with the same budgets resumes: no trial added to either study
     run_search(load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over)), out, progress=False)
     assert len(optuna.load_study(study_name="automl-prune-allocation", storage=storage).trials) == len(evo.trials)

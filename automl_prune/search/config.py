@@ -15,9 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..pruning.plan import AdmmOptions, DsnotOptions, Refine, Update
 
-SEARCHERS = ("tpe", "nsga3", "pymoo-nsga3", "random", "evolution")
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

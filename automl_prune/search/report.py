@@ -208,8 +208,10 @@ def change_vs_baseline(final: dict | None, baseline: str = "wanda") -> list[tupl
     return sorted((r["target"], 100 * (r["ppl"] / base[r["target"]] - 1)) for r in polished_rows(final) if r["target"] in base)
 
 
-def plot_layerwise(plan: PruningPlan, n_blocks: int, out: Path) -> Path | None:
-    if not isinstance(plan.sparsity, list):
+def plot_layerwise(plan: PruningPlan, out: Path) -> Path | None:
+    """layerwise.png: the best plan's sparsity per decoder block (a per-block allocation) or per
+    layer (per-layer sparsities, e.g. the evolution's levels: one marker per layer type, by block)."""
+    if not isinstance(plan.sparsity, list) and not plan.layer_sparsity:
         return None
     import matplotlib
 
@@ -217,10 +219,21 @@ def plot_layerwise(plan: PruningPlan, n_blocks: int, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.bar(range(len(plan.sparsity)), plan.sparsity, color="C0")
+    if plan.layer_sparsity:
+        kinds: dict[str, list[tuple[int, float]]] = {}
+        for name, value in plan.layer_sparsity.items():
+            block, layer = name.split(".", 1)
+            kinds.setdefault(layer.rsplit(".", 1)[-1], []).append((int(block), value))
+        for i, (kind, points) in enumerate(sorted(kinds.items())):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=0.8, label=kind, color=f"C{i % 10}")
+        ax.legend(fontsize=6, ncol=4)
+        ax.set_title("per-layer sparsity of the best plan")
+    else:
+        ax.bar(range(len(plan.sparsity)), plan.sparsity, color="C0")
+        ax.set_title("layerwise sparsity of the best plan")
     ax.set_xlabel("decoder block")
     ax.set_ylabel("sparsity")
-    ax.set_title("layerwise sparsity of the best plan")
     fig.tight_layout()
     path = out / "layerwise.png"
     fig.savefig(path, dpi=110)
@@ -538,5 +551,5 @@ def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, 
     plot_history(study, names, out)
     plot_pareto(study, names, final, out)
     if len(study.directions) == 1 and plans:
-        plot_layerwise(PruningPlan.load(plans[0]), 0, out)
+        plot_layerwise(PruningPlan.load(plans[0]), out)
     return write_report(study, out, names, meta, final)
