@@ -298,3 +298,43 @@ def test_eval_and_stats_check_their_text_before_the_model_loads(tmp_path, capsys
     rc = main([command, "--model", "no-such-model-anywhere", flag, str(empty)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and str(empty) in err and "no text" in err
+
+
+def test_kill_9_in_the_allocation_phase_keeps_both_phases_and_resumes(tmp_path, tiny_llama_dir, data_dir):
+    """A joint plan killed while the evolution's children run: the first phase's trials and stage
+    values and the phase's finished children are all kept; the resumed run fails the orphan, scores
+    nothing twice in the first phase and finishes the phase's budget."""
+    from test_evolution import JOINT
+
+    over = {**JOINT, "objectives": [{"name": "test_slow", "params": {"seconds": 0.4}}],
+            "allocation_search": {**JOINT["allocation_search"], "budget": {"trials": 6}}}
+    config = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over)
+    out = tmp_path / "run"
+    url = f"sqlite:///{out / 'study.db'}"
+
+    def phase_trials(state=None):
+        try:
+            study = optuna.load_study(study_name="automl-prune-allocation", storage=url)
+        except KeyError:
+            return []
+        return [t for t in study.get_trials(deepcopy=False) if state is None or t.state == state]
+
+    driver = _driver(tmp_path, config, out)
+    try:
+        _wait(lambda: len(phase_trials(TrialState.COMPLETE)) >= 2 and len(phase_trials(TrialState.RUNNING)) == 1, 300)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    first = _study(out)
+    stages, n_first = first.user_attrs["selection"], len(first.trials)
+    done = {t.number: t.values for t in phase_trials(TrialState.COMPLETE)}
+    resumed = _driver(tmp_path, config, out)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    first = _study(out)
+    assert len(first.trials) == n_first and first.user_attrs["selection"] == stages  # nothing scored again
+    after = {t.number: t.values for t in phase_trials(TrialState.COMPLETE)}
+    assert all(after[n] == v for n, v in done.items())
+    assert any(t.user_attrs.get("error") == STALE for t in phase_trials(TrialState.FAIL))
+    assert (out / "best.yaml").exists()

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 from ..errors import UserError
 from .driver import SearchState, open_study, remember_finished
 from .evolution import ATTR, evolution_loop, selection_record
-from .storage import study_name
+from .storage import fail_orphans, study_name
 
 log = logging.getLogger(__name__)
 START = "selected"  # the named point of the phase's first trial
@@ -81,6 +81,10 @@ def run_allocation_phase(state: SearchState, selected: FrozenTrial, out: Path, *
         for objective in objectives:
             objective.prepare(state.ctx)
     study = open_study(config, out, objectives)
+    orphans = fail_orphans(study)  # a killed run's children: failed and queued again, as the first phase's
+    if orphans:
+        log.warning("allocation phase: trials %s were left running by a driver that stopped: marked failed, queued again",
+                    ", ".join(map(str, orphans)))
     start = start_params(selected, space)
     origin = {"trial": selected.number, "params": selected.params}
     if not study.trials:
