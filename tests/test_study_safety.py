@@ -313,9 +313,11 @@ def test_kill_9_in_the_allocation_phase_keeps_both_phases_and_resumes(tmp_path, 
     url = f"sqlite:///{out / 'study.db'}"
 
     def phase_trials(state=None):
+        if not (out / "study.db").exists():
+            return []
         try:
             study = optuna.load_study(study_name="automl-prune-allocation", storage=url)
-        except KeyError:
+        except KeyError:  # the phase has not started yet
             return []
         return [t for t in study.get_trials(deepcopy=False) if state is None or t.state == state]
 
