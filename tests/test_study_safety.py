@@ -323,7 +323,12 @@ def test_kill_9_in_the_allocation_phase_keeps_both_phases_and_resumes(tmp_path, 
 
     driver = _driver(tmp_path, config, out)
     try:
-        _wait(lambda: len(phase_trials(TrialState.COMPLETE)) >= 2 and len(phase_trials(TrialState.RUNNING)) == 1, 300)
+        try:
+            _wait(lambda: len(phase_trials(TrialState.COMPLETE)) >= 2 and len(phase_trials(TrialState.RUNNING)) == 1
+                  or driver.poll() is not None, 600)
+        except AssertionError:
+            raise AssertionError(f"phase trials {[(t.number, t.state.name) for t in phase_trials()]}") from None
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:

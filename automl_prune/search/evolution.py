@@ -183,14 +183,16 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
             raise UserError(f"evolution: the space has no named start point and searches {', '.join(others)} besides the "
                             "levels; fix those parameters (one choice each): the evolution mutates the allocation only")
         study.enqueue_trial({k: 0 for k in level_keys}, user_attrs={"named_point": space.allocation.base_label})
+    def score_waiting() -> None:
+        for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = study.ask(dists)
+            tell_outcome(study, trial, evaluate([trial.params])[0])
+            state.new_trials += 1
+            _tick(bar, state)
+
     try:
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if waiting:  # the named points first
-            for t in waiting:
-                trial = study.ask(dists)
-                tell_outcome(study, trial, evaluate([trial.params])[0])
-                state.new_trials += 1
-                _tick(bar, state)
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            score_waiting()  # the named points first (a resumed study's retried children wait for the database)
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         if not done:
             raise UserError("evolution: no start point could be scored (every named point failed); see the log")
@@ -212,6 +214,7 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
             state.started += state.database_seconds  # budget.timeout counts the search, not the database build
             log.info("level database ready in %.0f s; the search's %s s start now", state.database_seconds,
                      config.budget.timeout)
+        score_waiting()  # children a killed run left running, queued again: swapped in from the database
         stage = _Stage(state) if s.stage_tokens else None
         if stage is not None:
             record["stage_pool_sha256"] = stage.pool.info["windows_sha256"]
