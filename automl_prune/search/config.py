@@ -381,11 +381,20 @@ def _check_evolution(config: StudyConfig) -> None:
                         "mutation (exact total sparsity); use searcher: {name: evolution}")
     if evo and len(config.objectives) != 1:
         raise UserError("invalid config: field 'objectives': the evolution searcher takes one objective (its fitness)")
-    if evo and config.searcher.stage_tokens is not None:
-        _, seqlen = selection_seqlen(config, config.searcher.stage_tokens)
-        if config.searcher.stage_tokens % seqlen:
-            raise UserError(f"invalid config: field 'searcher.stage_tokens': {config.searcher.stage_tokens} is not a whole "
-                            f"number of windows of {seqlen} tokens; use a multiple of {seqlen}")
+    if evo:
+        _check_stage_tokens(config, "searcher.stage_tokens")
+
+
+def _check_stage_tokens(config: StudyConfig, field: str) -> None:
+    """The evolution's second stage (``config.searcher``, in the study ``config`` it runs in) reads
+    whole windows."""
+    tokens = config.searcher.stage_tokens
+    if tokens is None:
+        return
+    _, seqlen = selection_seqlen(config, tokens)
+    if tokens % seqlen:
+        raise UserError(f"invalid config: field '{field}': {tokens} is not a whole number of windows of {seqlen} tokens; "
+                        f"use a multiple of {seqlen}")
 
 
 def _check_selection(config: StudyConfig) -> None:
@@ -451,9 +460,6 @@ def _check_allocation_search(config: StudyConfig) -> None:
                         "selection.reconstruction.dsnot or the allocation phase")
     objective = phase.objective or config.objectives[0]
     _check_probe_windows(config, make_objective(objective.name, **objective.params), "allocation_search.objective.params.windows")
-    stage = phase.searcher.stage_tokens
-    if stage is not None:
-        _, seqlen = selection_seqlen(config.model_copy(update={"selection": None}), stage)  # the phase has no selection
-        if stage % seqlen:
-            raise UserError(f"{field}.searcher.stage_tokens: {stage} is not a whole number of windows of {seqlen} tokens; "
-                            f"use a multiple of {seqlen}")
+    # the phase runs as a study without a selection (allocation_phase.phase_config)
+    _check_stage_tokens(config.model_copy(update={"selection": None, "searcher": phase.searcher}),
+                        "allocation_search.searcher.stage_tokens")

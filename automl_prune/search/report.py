@@ -357,7 +357,7 @@ def diagnostic_note(final: dict) -> str:
     return text
 
 
-def selection_section(final: dict) -> list[str]:
+def selection_section(final: dict, heading: str = "### Selection") -> list[str]:
     """Multi-fidelity selection: each stage's tokens, candidates, kept, best, and its rank
     correlation with held-out perplexity; then what the selection bought, held out."""
     sel = final.get("selection")
@@ -376,7 +376,7 @@ def selection_section(final: dict) -> list[str]:
                  f"`{obj}` in stages on fresh calibration-domain tokens (overlapping none of the calibration and probe "
                  "windows; every candidate of a stage on the same windows); the best of the last stage is the selected "
                  f"plan. Selection took {sel.get('seconds') or 0:.0f} s.")
-    lines = ["", "### Selection", "", intro, "",
+    lines = ["", heading, "", intro, "",
              f"| stage | tokens (windows x seqlen) | candidates | kept | best trial | best {obj} | Spearman with held-out "
              "(stage / fast objective, n) |", "|---:|---|---:|---:|---:|---:|---|"]
     for st in sel["stages"]:
@@ -417,8 +417,7 @@ def allocation_phase_section(final: dict, meta: dict) -> list[str]:
         lines += ["", f"What the allocation phase bought: {picked['ppl']:.3f} (trial {picked['trial']} of the allocation phase) "
                       f"against {first['ppl']:.3f} (the first phase's plan at the base allocation) held out ({change:+.1f}%)."]
     if final.get("first_phase"):
-        lines += [line.replace("### Selection", "#### Its selection stages") for line in
-                  selection_section({"selection": final["first_phase"], "rows": []})[1:]]
+        lines += selection_section({"selection": final["first_phase"], "rows": []}, heading="#### Its selection stages")
     return lines
 
 
