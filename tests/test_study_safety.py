@@ -306,7 +306,7 @@ def test_kill_9_in_the_allocation_phase_keeps_both_phases_and_resumes(tmp_path, 
     nothing twice in the first phase and finishes the phase's budget."""
     from test_evolution import JOINT
 
-    over = {**JOINT, "objectives": [{"name": "test_slow", "params": {"seconds": 0.4}}],
+    over = {**JOINT, "objectives": [{"name": "test_slow", "params": {"seconds": 1.5}}],
             "allocation_search": {**JOINT["allocation_search"], "budget": {"trials": 6}}}
     config = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **over)
     out = tmp_path / "run"
@@ -324,7 +324,8 @@ def test_kill_9_in_the_allocation_phase_keeps_both_phases_and_resumes(tmp_path, 
     driver = _driver(tmp_path, config, out)
     try:
         try:
-            _wait(lambda: len(phase_trials(TrialState.COMPLETE)) >= 2 and len(phase_trials(TrialState.RUNNING)) == 1
+            # a generation's children are asked together: several run when the driver is killed
+            _wait(lambda: len(phase_trials(TrialState.COMPLETE)) >= 2 and len(phase_trials(TrialState.RUNNING)) >= 1
                   or driver.poll() is not None, 600)
         except AssertionError:
             raise AssertionError(f"phase trials {[(t.number, t.state.name) for t in phase_trials()]}") from None
