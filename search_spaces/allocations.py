@@ -15,8 +15,9 @@ depth    a, b in [-span, span] (default 0.3): s_l = s + a (t - 1/2) + b (t^2 - 1
          renormalised; named point "uniform" (0, 0).
 levels   level.<block>.<layer>: an integer level per prunable layer on a ladder around the base
          allocation (``base``: uniform, or OWL at fixed M / lambda), ``levels`` steps either side
-         of ``step`` weights each (default EvoPress's); per-layer sparsities, exact total when the
-         levels sum to zero (automl_prune.pruning.levels). Searched by ``searcher: evolution``
+         of ``step`` weights each (default EvoPress's); per-layer sparsities; the base prunes the
+         target's total to less than one layer's rows (exact_extras: a row rounds down) and so does
+         every level vector summing to zero (automl_prune.pruning.levels). Searched by ``searcher: evolution``
          (level-switch mutation) over a level database; needs bind(profile) and a fixed target;
          named point: the base ("uniform" or "owl"), every level 0.
 
@@ -41,7 +42,7 @@ from automl_prune.allocation.rules import (
     owl_sparsities,
 )
 from automl_prune.errors import UserError
-from automl_prune.pruning.levels import LayerLadder, default_step, ladder
+from automl_prune.pruning.levels import LayerLadder, default_step, exact_extras, ladder
 
 from .parts import ANY, Part, PartConfig, Range, rounded
 
@@ -326,11 +327,14 @@ class LevelsSpace(AllocationPart):
         shapes = [s for block in profile.layer_shapes for s in block]
         step = c.step or default_step(shapes, self.target, c.levels, c.group)
         width = len(str(profile.n_blocks - 1))
+        layers = [(f"{b:0{width}d}.{name}", rows, cols, float(base[b]))
+                  for b, (names, block_shapes) in enumerate(zip(profile.layer_names, profile.layer_shapes))
+                  for name, (rows, cols) in zip(names, block_shapes)]
+        extras = exact_extras([(rows, cols, s) for _, rows, cols, s in layers], c.group)
         ladders = {}
         try:
-            for b, (names, block_shapes) in enumerate(zip(profile.layer_names, profile.layer_shapes)):
-                for name, (rows, cols) in zip(names, block_shapes):
-                    ladders[f"{b:0{width}d}.{name}"] = ladder(rows, cols, float(base[b]), step, c.levels, c.group)
+            for (key, rows, cols, s), extra in zip(layers, extras):
+                ladders[key] = ladder(rows, cols, s, step, c.levels, c.group, extra)
         except ValueError as exc:
             raise UserError(f"invalid space config: field 'space.allocation.step': {exc}") from None
         return LevelsSpace(c, self.target, ladders, step, [float(x) for x in base])

@@ -14,7 +14,7 @@ import torch
 from automl_prune.errors import UserError
 from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.database import LevelDatabase
-from automl_prune.pruning.levels import default_step, ladder
+from automl_prune.pruning.levels import default_step, exact_extras, ladder
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.search.config import load_config
 from automl_prune.search.evolution import ATTR, level_switch
@@ -44,6 +44,26 @@ def test_ladder_steps_are_whole_rows_and_the_level_switch_keeps_the_exact_count(
         assert all(bounds[k][0] <= v <= bounds[k][1] for k, v in levels.items())
         assert sum(ladders[k].pruned_at(v) for k, v in levels.items()) == base  # exact, not approximate
     assert any(levels.values())
+
+
+@pytest.mark.parametrize("group", ["row", "matrix"])
+def test_the_base_allocation_prunes_the_targets_total_although_rows_round_down(group):
+    """60% of a 576-column row is 345.6 weights: rounding every row down (as Wanda does) realises
+    59.91% over SmolLM2's layer shapes; the ladders' base must prune the target's total to less
+    than one layer's rows, so that every plan the evolution compares prunes as many weights as the
+    baseline it is compared with."""
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)] * 30
+    total = sum(r * c for r, c in shapes)
+    step = default_step(shapes, 0.6, 5, group)
+    plain = sum(ladder(r, c, 0.6, step, 5, group).pruned_at(0) for r, c in shapes)
+    extras = exact_extras([(r, c, 0.6) for r, c in shapes], group)
+    exact = [ladder(r, c, 0.6, step, 5, group, e) for (r, c), e in zip(shapes, extras)]
+    pruned = sum(lad.pruned_at(0) for lad in exact)
+    if group == "row":
+        assert 0.6 * total - plain > 0.0008 * total  # the rounding this fixes
+    assert 0 <= 0.6 * total - pruned < 192
+    assert set(extras) <= {0, 1}
+    assert all(lad.pruned_at(1) - lad.pruned_at(0) == step for lad in exact if lad.high >= 1)
 
 
 def _database(calibrated, tmp_path, plan, levels=2):

@@ -71,18 +71,42 @@ def default_step(shapes: list[tuple[int, int]], sparsity: float, levels: int, gr
     return max(unit, int(round(raw / unit)) * unit)
 
 
-def ladder(rows: int, cols: int, base_sparsity: float, step: int, levels: int, group: str) -> LayerLadder:
-    """The ladder of one layer around ``base_sparsity`` (pruned as ``group_count`` prunes it)."""
+def ladder(rows: int, cols: int, base_sparsity: float, step: int, levels: int, group: str, extra: int = 0) -> LayerLadder:
+    """The ladder of one layer around ``base_sparsity`` (pruned as ``group_count`` prunes it, plus
+    ``extra`` weights per group: see :func:`exact_extras`)."""
     if group not in LEVEL_GROUPS:
         raise ValueError(f"level databases support the comparison groups {LEVEL_GROUPS}, not {group!r}")
     size = cols if group == "row" else rows * cols
     per = step // rows if group == "row" else step
     if group == "row" and step % rows:
         raise ValueError(f"step {step} is not a multiple of the layer's {rows} rows")
-    base = group_count(size, base_sparsity)
+    base = min(group_count(size, base_sparsity) + extra, size - 1)
     down = min(levels, base // per)
     up = min(levels, (size - 1 - base) // per)
     return LayerLadder(rows, cols, group, -down, tuple(base + k * per for k in range(-down, up + 1)))
+
+
+def exact_extras(layers: list[tuple[int, int, float]], group: str) -> list[int]:
+    """Extra pruned weights per group (0 or 1) for each ``(rows, cols, sparsity)`` layer so that the
+    base allocation prunes as many weights as the sparsities ask in total, to less than one group's
+    worth of rows: ``group_count`` rounds every group down (as the references do), which at 60% of a
+    576-column row prunes 345 weights, not 345.6, so a per-row uniform base alone would realise
+    59.91%, not 60%. The layers that lost most to the rounding get one more weight per group first
+    (ties in order); no layer exceeds its own count by more than one weight per group."""
+    if group not in LEVEL_GROUPS:
+        raise ValueError(f"level databases support the comparison groups {LEVEL_GROUPS}, not {group!r}")
+    groups, lost = [], []
+    for rows, cols, s in layers:
+        size = cols if group == "row" else rows * cols
+        n = rows if group == "row" else 1
+        groups.append(n)
+        lost.append((size * float(s) - group_count(size, s)) * n)
+    deficit = int(round(sum(lost)))
+    extras = [0] * len(layers)
+    for i in sorted(range(len(layers)), key=lambda i: (-lost[i], i)):
+        if groups[i] <= deficit and lost[i] > 0:
+            extras[i], deficit = 1, deficit - groups[i]
+    return extras
 
 
 def level_sum(levels: dict[str, int]) -> int:
