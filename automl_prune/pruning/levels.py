@@ -71,12 +71,17 @@ def default_step(shapes: list[tuple[int, int]], sparsity: float, levels: int, gr
     return max(unit, int(round(raw / unit)) * unit)
 
 
+def _group_shape(rows: int, cols: int, group: str) -> tuple[int, int]:
+    """(weights per group, groups) of a ``rows x cols`` layer compared per ``group``."""
+    if group not in LEVEL_GROUPS:
+        raise ValueError(f"level databases support the comparison groups {LEVEL_GROUPS}, not {group!r}")
+    return (cols, rows) if group == "row" else (rows * cols, 1)
+
+
 def ladder(rows: int, cols: int, base_sparsity: float, step: int, levels: int, group: str, extra: int = 0) -> LayerLadder:
     """The ladder of one layer around ``base_sparsity`` (pruned as ``group_count`` prunes it, plus
     ``extra`` weights per group: see :func:`exact_extras`)."""
-    if group not in LEVEL_GROUPS:
-        raise ValueError(f"level databases support the comparison groups {LEVEL_GROUPS}, not {group!r}")
-    size = cols if group == "row" else rows * cols
+    size, _ = _group_shape(rows, cols, group)
     per = step // rows if group == "row" else step
     if group == "row" and step % rows:
         raise ValueError(f"step {step} is not a multiple of the layer's {rows} rows")
@@ -93,12 +98,9 @@ def exact_extras(layers: list[tuple[int, int, float]], group: str) -> list[int]:
     576-column row prunes 345 weights, not 345.6, so a per-row uniform base alone would realise
     59.91%, not 60%. The layers that lost most to the rounding get one more weight per group first
     (ties in order); no layer exceeds its own count by more than one weight per group."""
-    if group not in LEVEL_GROUPS:
-        raise ValueError(f"level databases support the comparison groups {LEVEL_GROUPS}, not {group!r}")
     groups, lost = [], []
     for rows, cols, s in layers:
-        size = cols if group == "row" else rows * cols
-        n = rows if group == "row" else 1
+        size, n = _group_shape(rows, cols, group)
         groups.append(n)
         lost.append((size * float(s) - group_count(size, s)) * n)
     deficit = int(round(sum(lost)))
