@@ -19,7 +19,8 @@ class MissingPackageError(UserError):
 
 
 class PruningError(RuntimeError):
-    """A candidate could not be pruned (non-finite scores, numerical failure). In a search this
-    fails one trial, never the study; on the command line it is reported in one line."""
+    """A candidate could not be pruned or scored (non-finite scores, weights or objective value;
+    numerical failure). In a search this fails one trial, never the study; on the command line it
+    is reported in one line."""
 
     exit_code = 3

@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from setup_args import add_model_and_data
 
 from automl_prune.calibration.dense import dense_statistics

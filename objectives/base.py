@@ -5,9 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable, Literal
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 Direction = Literal["minimize", "maximize"]
 #: ``report(partial_value, step) -> stop``: lets a block-sequential objective be stopped early
@@ -30,7 +30,7 @@ class Objective(ABC):
     name: str = ""
     direction: Direction = "minimize"
 
-    def prepare(self, ctx: SearchContext) -> None:  # noqa: B027 - optional hook
+    def prepare(self, ctx: CandidateContext) -> None:  # noqa: B027 - optional hook
         """Compute what every candidate shares (default: nothing)."""
 
     def probe_windows_read(self) -> int | None:
@@ -38,7 +38,7 @@ class Objective(ABC):
         return None
 
     @abstractmethod
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         """The objective value of the pruned model."""
 
 

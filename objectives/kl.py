@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 from . import probe as P
 from .base import Objective, Reporter, register
@@ -46,7 +46,7 @@ class KL(Objective):
         return ("kl_dense", self.windows, self.seqlen, self.topk)
 
     @torch.no_grad()
-    def prepare(self, ctx: SearchContext) -> None:
+    def prepare(self, ctx: CandidateContext) -> None:
         if self._memo_key() in ctx.memo:
             return
         ref = P.reference(ctx, self.windows, self.seqlen, batch_size=self.batch_size)
@@ -65,7 +65,7 @@ class KL(Objective):
             ctx.memo[self._memo_key()] = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
     @torch.no_grad()
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         self.prepare(ctx)
         idx, lp_dense, lp_rest = ctx.memo[self._memo_key()]
         run = P.run(ctx, result, self.windows, self.seqlen, batch_size=self.batch_size)

@@ -40,10 +40,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.evaluation.kl import swapped_weights
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 from . import probe as P
 from .base import Objective, Reporter, register
@@ -52,7 +52,7 @@ from .common import ObjectiveError, check_choice, check_positive_int, finite
 WEIGHTINGS = ("uniform", "energy", "log", "block", "fisher", "fisher_layer")
 
 
-def output_fisher(ctx: SearchContext, ids: torch.Tensor, *, labels: str = "data", seed: int = 0) -> dict[str, torch.Tensor]:
+def output_fisher(ctx: CandidateContext, ids: torch.Tensor, *, labels: str = "data", seed: int = 0) -> dict[str, torch.Tensor]:
     """Mean over tokens of the squared gradient of the summed next-token loss with respect to every
     prunable layer's outputs, per output channel, on the dense model; one window at a time.
 
@@ -116,7 +116,7 @@ class LayerRecon(Objective):
         self.fisher_labels = check_choice(self.name, "fisher_labels", fisher_labels, ("data", "model"))
 
     # ----- once per context ---------------------------------------------------------------------
-    def _groups(self, ctx: SearchContext) -> list[tuple[list[str], torch.Tensor, int]]:
+    def _groups(self, ctx: CandidateContext) -> list[tuple[list[str], torch.Tensor, int]]:
         """(layer names sharing one input, their Gram matrix, calibration token count)."""
         groups = ctx.memo.get("layer_recon_groups")
         if groups is not None:
@@ -136,7 +136,7 @@ class LayerRecon(Objective):
         ctx.memo["layer_recon_groups"] = groups
         return groups
 
-    def _operators(self, ctx: SearchContext) -> list[tuple[list[str], torch.Tensor, int]]:
+    def _operators(self, ctx: CandidateContext) -> list[tuple[list[str], torch.Tensor, int]]:
         """Per group, the matrix dW is multiplied by: G itself (exact) or its sketch B = L S."""
         groups = self._groups(ctx)
         if self.sketch is None:
@@ -166,7 +166,7 @@ class LayerRecon(Objective):
             ctx.memo[key] = ops
         return ops
 
-    def prepare(self, ctx: SearchContext) -> None:
+    def prepare(self, ctx: CandidateContext) -> None:
         groups = self._groups(ctx)
         if "layer_recon_energy" not in ctx.memo:
             ctx.memo["layer_recon_energy"] = self._row_errors(ctx, groups, dense=True)
@@ -180,7 +180,7 @@ class LayerRecon(Objective):
     # ----- per candidate ------------------------------------------------------------------------
     @staticmethod
     @torch.no_grad()
-    def _row_errors(ctx: SearchContext, groups, *, dense: bool = False) -> dict[str, torch.Tensor]:
+    def _row_errors(ctx: CandidateContext, groups, *, dense: bool = False) -> dict[str, torch.Tensor]:
         """Per output row: (dW G dW^T)_ii (or (W G W^T)_ii for the dense weights); with a sketched
         operator B (in x r, r < in): ||(dW B)_i||^2."""
         out: dict[str, torch.Tensor] = {}
@@ -193,17 +193,17 @@ class LayerRecon(Objective):
                 out[n] = r
         return out
 
-    def row_errors(self, ctx: SearchContext) -> dict[str, torch.Tensor]:
+    def row_errors(self, ctx: CandidateContext) -> dict[str, torch.Tensor]:
         """Per layer, per output row: the pruning error of the model as it is now."""
         return self._row_errors(ctx, self._operators(ctx))
 
-    def layer_errors(self, ctx: SearchContext) -> dict[str, tuple[float, float]]:
+    def layer_errors(self, ctx: CandidateContext) -> dict[str, tuple[float, float]]:
         """Per layer: (||X dW^T||_F^2, ||X W^T||_F^2) over the calibration tokens."""
         self.prepare(ctx)
         energy = ctx.memo["layer_recon_energy"]
         return {n: (float(r.sum()), float(energy[n].sum())) for n, r in self.row_errors(ctx).items()}
 
-    def combine(self, ctx: SearchContext, rows: dict[str, torch.Tensor]) -> float:
+    def combine(self, ctx: CandidateContext, rows: dict[str, torch.Tensor]) -> float:
         """The objective value of ``weighting`` from per-row errors."""
         energy = ctx.memo["layer_recon_energy"]
         names = list(rows)
@@ -230,7 +230,7 @@ class LayerRecon(Objective):
             total += float((f * rows[n]).sum() if w == "fisher" else f.mean() * rows[n].sum()) / ntok[n]
         return 0.5 * total
 
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         self.prepare(ctx)
         rows = self.row_errors(ctx)
         bad = [n for n, r in rows.items() if not bool(torch.isfinite(r).all())]

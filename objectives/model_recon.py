@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 from . import probe as P
 from .base import Objective, Reporter, TrialStopped, register
@@ -55,13 +55,13 @@ class ModelRecon(Objective):
     def _need_blocks(self) -> bool:
         return self.early_stop or self.form.startswith("hidden_")
 
-    def prepare(self, ctx: SearchContext) -> None:
+    def prepare(self, ctx: CandidateContext) -> None:
         P.reference(ctx, self.windows, self.seqlen, blocks=self._need_blocks, batch_size=self.batch_size)
         if self.form == "logits_fro" and "head_gram" not in ctx.memo and P._softcap(ctx.model) is None:
             w = ctx.model.get_output_embeddings().weight.detach().float()
             ctx.memo["head_gram"] = w.T @ w  # (d, d)
 
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         hook = None
         if report is not None and self.early_stop:
             def hook(i: int, run: P.ProbeRun) -> None:
@@ -72,7 +72,7 @@ class ModelRecon(Objective):
                     batch_size=self.batch_size)
         return finite(self.name, self.value(ctx, run))
 
-    def value(self, ctx: SearchContext, run: P.ProbeRun) -> float:
+    def value(self, ctx: CandidateContext, run: P.ProbeRun) -> float:
         """The error of ``form`` from a probe run."""
         if self.form.startswith("hidden_"):
             return float(run.block_terms(self.form).sum())

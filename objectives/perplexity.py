@@ -16,9 +16,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.evaluation.perplexity import perplexity
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 from . import probe as P
 from .base import Objective, Reporter, register
@@ -41,7 +41,7 @@ class HeldoutPerplexity(Objective):
         self.windows = check_positive_int(self.name, "windows", windows)
         self.batch_size = check_positive_int(self.name, "batch_size", batch_size, optional=False)
 
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         ids = ctx.heldout_ids if ctx.heldout_ids is not None else ctx.probe_ids
         if self.windows is not None:
             ids = ids[: self.windows]
@@ -62,11 +62,11 @@ class CalibPerplexity(Objective):
     def probe_windows_read(self) -> int | None:
         return self.windows
 
-    def prepare(self, ctx: SearchContext) -> None:
+    def prepare(self, ctx: CandidateContext) -> None:
         P.reference(ctx, self.windows, self.seqlen, batch_size=self.batch_size)
 
     @torch.no_grad()
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         run = P.run(ctx, result, self.windows, self.seqlen, batch_size=self.batch_size)
         ids = P.probe_windows(ctx, self.windows, self.seqlen)
         n, length = ids.shape

@@ -23,8 +23,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.evaluation.kl import swapped_weights
-from automl_prune.search.context import SearchContext
 
 CHUNK = 512  # tokens per chunk when full-vocabulary logits are formed
 
@@ -34,7 +34,7 @@ class _Stop(Exception):
 
 
 # ----- windows and the model's forward ----------------------------------------------------------
-def probe_windows(ctx: SearchContext, windows: int | None, seqlen: int | None) -> torch.Tensor:
+def probe_windows(ctx: CandidateContext, windows: int | None, seqlen: int | None) -> torch.Tensor:
     """The first ``windows`` probe windows, each cut to its first ``seqlen`` tokens."""
     ids = ctx.probe_ids
     if ids is None or ids.dim() != 2 or ids.shape[0] == 0:
@@ -146,7 +146,7 @@ def _key(windows: int | None, seqlen: int | None) -> tuple:
     return (windows, seqlen)
 
 
-def reference(ctx: SearchContext, windows: int | None, seqlen: int | None, *, blocks: bool = False,
+def reference(ctx: CandidateContext, windows: int | None, seqlen: int | None, *, blocks: bool = False,
               batch_size: int | None = None) -> ProbeReference:
     """The dense reference on the selected probe windows (computed once, memoised)."""
     store = ctx.memo.setdefault("probe_reference", {})
@@ -176,7 +176,7 @@ def _rms_normed(h: torch.Tensor) -> torch.Tensor:
     return h * torch.rsqrt(h.square().mean(-1, keepdim=True).clamp_min(1e-30))
 
 
-def run(ctx: SearchContext, result: object, windows: int | None, seqlen: int | None, *,
+def run(ctx: CandidateContext, result: object, windows: int | None, seqlen: int | None, *,
         report: Callable[[int, "ProbeRun"], None] | None = None, need_blocks: bool = False,
         batch_size: int | None = None) -> ProbeRun:
     """One forward of the pruned model (as it is now) over the probe windows, cached per candidate.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 from .base import Objective, Reporter, register
 from .common import ObjectiveError, finite
@@ -17,7 +17,7 @@ class Sparsity(Objective):
     def __init__(self) -> None:
         pass
 
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         if not result.layers:
             raise ObjectiveError("objective 'sparsity': the prune result lists no layers")
         return finite(self.name, result.realised_sparsity)

@@ -16,10 +16,10 @@ a guard next to a fast objective, or with a larger ``limit`` for a final check.
 
 from __future__ import annotations
 
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.evaluation.zeroshot import TASK_NAMES, ZeroShotSuite, parse_tasks
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.search.context import SearchContext
 
 from .base import Objective, Reporter, register
 from .common import check_choice, check_positive_int, finite
@@ -46,23 +46,23 @@ class ZeroShot(Objective):
         self.batch_size = check_positive_int(self.name, "batch_size", batch_size, optional=False)
         self.data_dir = data_dir
 
-    def _data_dir(self, ctx: SearchContext) -> str | None:
+    def _data_dir(self, ctx: CandidateContext) -> str | None:
         return self.data_dir if self.data_dir is not None else ctx.info.get("data_dir")
 
-    def _memo_key(self, ctx: SearchContext) -> tuple:
+    def _memo_key(self, ctx: CandidateContext) -> tuple:
         return ("zero_shot", self.tasks, self.limit, self._data_dir(ctx))
 
-    def prepare(self, ctx: SearchContext) -> None:
+    def prepare(self, ctx: CandidateContext) -> None:
         key = self._memo_key(ctx)
         if key not in ctx.memo:
             if ctx.tokenizer is None:
                 raise UserError(f"objective {self.name!r} needs the model's tokenizer in the search context")
             ctx.memo[key] = ZeroShotSuite(list(self.tasks), ctx.tokenizer, limit=self.limit, data_dir=self._data_dir(ctx))
 
-    def evaluate(self, ctx: SearchContext) -> dict:
+    def evaluate(self, ctx: CandidateContext) -> dict:
         """The full zero-shot result of the model as it is now (per task and average)."""
         self.prepare(ctx)
         return ctx.memo[self._memo_key(ctx)].evaluate(ctx.model, batch_size=self.batch_size, device=ctx.device, progress=False)
 
-    def __call__(self, ctx: SearchContext, result: PruneResult, report: Reporter | None = None) -> float:
+    def __call__(self, ctx: CandidateContext, result: PruneResult, report: Reporter | None = None) -> float:
         return finite(self.name, self.evaluate(ctx)["average"][self.metric])

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-if TYPE_CHECKING:  # pragma: no cover
-    from automl_prune.allocation.profile import ModelProfile
-    from automl_prune.pruning.plan import PruningPlan
+from automl_prune.allocation.profile import ModelProfile
+from automl_prune.pruning.plan import PruningPlan
 
 
 class SearchSpace(ABC):

@@ -4,8 +4,6 @@ calibration statistics."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -334,21 +332,6 @@ def test_profile_layout(calibrated, profile):
     assert profile.owl_counts == [int(p) for p in profile.block_params]
     assert profile.has_owl and profile.has_alphas
     assert all(len(a) == 7 and all(np.isfinite(a)) and min(a) > 1 for a in profile.layer_alphas)
-
-
-def test_profile_save_load_round_trip(profile, tmp_path):
-    path = tmp_path / "profile.pt"
-    profile.save(path)
-    loaded = ModelProfile.load(path)  # weights_only=True inside
-    assert loaded.layer_names == profile.layer_names and loaded.layer_numels == profile.layer_numels
-    assert loaded.layer_alphas == profile.layer_alphas
-    assert loaded.owl_counts == profile.owl_counts and loaded.owl_tail_sizes == profile.owl_tail_sizes
-    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.owl_tails, profile.owl_tails))
-    assert (loaded.owl_floor, loaded.owl_knots) == (profile.owl_floor, profile.owl_knots)
-    for m in (1.0, 3.0, 5.0, 9.0):
-        assert np.array_equal(loaded.outlier_ratios(m), profile.outlier_ratios(m))
-    assert json.loads(json.dumps(loaded.info)) == loaded.info
-    assert not list(tmp_path.glob("*.tmp"))  # atomic write left nothing behind
 
 
 def test_profile_without_statistics_has_no_owl_material(calibrated):

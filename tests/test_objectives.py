@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
 from automl_prune.calibration.dense import dense_statistics
+from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.pruning.apply import PruneResult
 from automl_prune.pruning.methods import plan_for_method
-from automl_prune.search.context import SearchContext
 from objectives import ObjectiveError, TrialStopped, available, make_objective
 from objectives import probe as P
-from tiny_models import tiny_model
 
 OBJECTIVES = {"layer_recon", "model_recon", "kl", "ppl", "calib_ppl", "sparsity"}
 
@@ -36,22 +36,22 @@ def _sampled(model, n=3, seqlen=24, seed=0):
     return ids
 
 
-def _context(family="llama", seed=0, sharpen=True) -> SearchContext:
+def _context(family="llama", seed=0, sharpen=True) -> CandidateContext:
     model = tiny_model(family, seed=seed)
     if sharpen:  # a random model predicts nearly uniformly; make its predictions confident
         with torch.no_grad():
             model.model.norm.weight.mul_(8)
     ids, heldout = (_sampled(model, seed=0), _sampled(model, n=2, seed=1)) if sharpen else (_ids(model), None)
     stats = dense_statistics(model, ids, with_gram=True, use_cache=False, progress=False).stats
-    return SearchContext(model, stats=stats, probe_ids=ids, heldout_ids=heldout)
+    return CandidateContext(model, stats=stats, probe_ids=ids, heldout_ids=heldout)
 
 
 @pytest.fixture(scope="module")
-def ctx() -> SearchContext:
+def ctx() -> CandidateContext:
     return _context()
 
 
-def _dense_result(ctx: SearchContext) -> PruneResult:
+def _dense_result(ctx: CandidateContext) -> PruneResult:
     ctx.restore()
     layers = {k: dict(zeros=int((m.weight == 0).sum()), numel=m.weight.numel()) for k, m in ctx.modules.items()}
     return PruneResult(plan_for_method("magnitude", sparsity=0.0), layers)
@@ -268,7 +268,7 @@ def test_layer_recon_needs_gram_matrices():
     model = tiny_model("llama")
     ids = _ids(model)
     stats = dense_statistics(model, ids, with_gram=False, use_cache=False, progress=False).stats
-    ctx = SearchContext(model, stats=stats, probe_ids=ids)
+    ctx = CandidateContext(model, stats=stats, probe_ids=ids)
     with pytest.raises(UserError, match="Gram"):
         make_objective("layer_recon", weighting="uniform").prepare(ctx)
 
@@ -292,7 +292,7 @@ def test_updated_plans_are_applied_once_and_copied_back_after(monkeypatch):
     """A plan with a weight update (tens of seconds on a real model) is pruned once per context: applying
     it again (the next selection stage, the final comparison) copies the kept weights back, equal to
     a fresh prune; the bound keeps no more entries than fit."""
-    import automl_prune.search.context as C
+    import automl_prune.candidate_context as C
 
     ctx = _context(sharpen=False)
     calls = []

@@ -9,22 +9,21 @@ import sys
 import pytest
 import torch
 import yaml
+from tiny_models import model_layer_error, reconstruction_error, tiny_model
 
 from automl_prune.calibration.stats import LinearStats
+from automl_prune.errors import UserError
 from automl_prune.metrics.kernel import score
 from automl_prune.metrics.spec import RIAMetric, WandaMetric
 from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from automl_prune.pruning.admm import admm_prune, cubic_schedule
 from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.dsnot import dsnot_refine
-from automl_prune.pruning.layer_error import reconstruction_error
 from automl_prune.pruning.masks import check_nm, nm_mask, per_row_counts, unstructured_mask
 from automl_prune.pruning.methods import plan_for_method
 from automl_prune.pruning.permutation import check_permuted_nm, nm_permutation, nm_retained, permuted_nm_mask
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.pruning.sparsegpt import sparsegpt_prune
-from automl_prune.errors import UserError
-from tiny_models import model_layer_error, tiny_model
 
 OUT, IN = 48, 192
 
@@ -293,14 +292,13 @@ def test_bad_reconstruction_sections_name_the_field(section, field):
 
 
 def test_a_study_searches_the_weight_update(tmp_path, tiny_llama_dir, data_dir):
+    import optuna
     from optuna.trial import TrialState
+    from study_configs import tiny_study_config
 
     from automl_prune.search.config import load_config
-    import optuna
-
     from automl_prune.search.driver import storage_url, study_name
     from automl_prune.search.run import run_search
-    from study_configs import tiny_study_config
 
     space = {"metric": {"name": "bawa"}, "pattern": {"name": "unstructured", "sparsity": 0.5},
              "reconstruction": {"update": ["none", "admm"]}}

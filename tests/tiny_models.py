@@ -150,11 +150,17 @@ def calibrated_tiny_llama(layers: int = 4, *, seed: int = 0, n: int = 8, seqlen:
     return _CALIBRATED[key]
 
 
+def reconstruction_error(weight: torch.Tensor, dense: torch.Tensor, gram: torch.Tensor) -> float:
+    """A layer's output reconstruction error from its Gram matrix, written out here as the tests'
+    independent reference: ||X (W_dense - W)^T||_F^2 = trace(dW G dW^T) with G = X^T X, in float64."""
+    dW = dense.detach().double() - weight.detach().double()
+    return float(((dW @ gram.detach().double()) * dW).sum())
+
+
 def model_layer_error(dense: PreTrainedModel, pruned: PreTrainedModel, ids: torch.Tensor) -> float:
     """Sum over prunable layers of ||X W_dense^T - X W_pruned^T||^2, X the dense model's inputs."""
     from automl_prune.calibration.dense import dense_statistics
     from automl_prune.models.adapters import decoder_blocks, prunable_linears
-    from automl_prune.pruning.layer_error import reconstruction_error
 
     stats = dense_statistics(dense, ids, with_gram=True, use_cache=False, progress=False).stats
     total = 0.0

@@ -131,35 +131,6 @@ class ModelProfile:
             prof.info.update(alpha_info)
         return prof
 
-    # ----- persistence --------------------------------------------------------------------------
-    def to_state(self) -> dict:
-        return dict(
-            layer_names=self.layer_names,
-            layer_numels=self.layer_numels,
-            owl_counts=self.owl_counts,
-            owl_tails=[torch.from_numpy(np.ascontiguousarray(t)) for t in self.owl_tails],
-            owl_tail_sizes=self.owl_tail_sizes,
-            owl_floor=self.owl_floor,
-            owl_knots=self.owl_knots,
-            layer_alphas=self.layer_alphas,
-            layer_shapes=[[list(s) for s in b] for b in self.layer_shapes],
-            info=json.loads(json.dumps(self.info, default=str)),
-        )
-
-    @classmethod
-    def from_state(cls, state: dict) -> "ModelProfile":
-        state = dict(state)
-        state["owl_tails"] = [t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in state["owl_tails"]]
-        state["layer_shapes"] = [[tuple(s) for s in b] for b in state.get("layer_shapes", [])]
-        return cls(**state)
-
-    def save(self, path: str | os.PathLike) -> None:
-        _atomic(Path(path), lambda p: torch.save(self.to_state(), p))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ModelProfile":
-        return cls.from_state(torch.load(path, weights_only=True))
-
 
 # ----- OWL -------------------------------------------------------------------------------------------
 def _owl_block(linears: dict[str, nn.Linear], stats: dict[str, LinearStats], floor: float, knots: int):

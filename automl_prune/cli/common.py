@@ -67,7 +67,7 @@ def resolve_quick(args: argparse.Namespace) -> None:
 
 
 def use_bos(args: argparse.Namespace, model) -> bool:
-    from ..models.adapters import needs_bos
+    from ..models.adapters import needs_bos  # deferred: torch loads only when a subcommand runs
 
     return {"always": True, "never": False}.get(args.bos, None) if args.bos != "auto" else needs_bos(model)
 

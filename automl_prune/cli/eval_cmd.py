@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from . import common
 
 
@@ -41,8 +42,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: a subcommand loads the model stack only when it runs (--help and argument errors answer at once)
     from ..data import check_source, evaluation_windows
-    from ..errors import UserError
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity
     from ..models.adapters import decoder_blocks, prunable_linears
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{s}: ppl {results[s]['ppl']:.3f} over {results[s]['n_windows']} x {results[s]['seqlen']} tokens", file=sys.stderr)
     zs = None
     if zero_shot:
-        from ..evaluation.zeroshot import evaluate_zero_shot, format_table
+        from ..evaluation.zeroshot import evaluate_zero_shot, format_table  # deferred: as in run()
 
         zs = evaluate_zero_shot(model, tok, zero_shot["tasks"], limit=zero_shot["limit"], data_dir=args.data_dir,
                                 batch_size=zero_shot["batch_size"], device=device, backend=zero_shot["backend"],
@@ -116,13 +117,11 @@ def summary(report: dict, json_path: str | None) -> str:
 
 def _zero_shot_options(args: argparse.Namespace) -> dict | None:
     """The checked --zero-shot options (None without --zero-shot); every mistake is a UserError."""
-    from ..errors import UserError
-
     if args.zero_shot is None:
         if args.zero_shot_limit is not None or args.backend != "builtin":
             raise UserError("--zero-shot-limit and --backend apply to --zero-shot TASKS; add --zero-shot")
         return None
-    from ..evaluation.zeroshot import parse_tasks
+    from ..evaluation.zeroshot import parse_tasks  # deferred: as in run()
     from ..evaluation.zeroshot.suite import check_backend, check_limit
 
     tasks = parse_tasks(args.zero_shot)

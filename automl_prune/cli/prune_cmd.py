@@ -88,6 +88,7 @@ def plan_defaults(args: argparse.Namespace, plan: PruningPlan) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: a subcommand loads the model stack only when it runs (--help and argument errors answer at once)
     from ..data import calibration_windows, check_source, evaluation_windows
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from ..errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
@@ -32,8 +35,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    # deferred: a subcommand loads the model stack only when it runs (--help and argument errors answer at once)
     from ..search.config import load_config
     from ..search.run import run_search
 
@@ -54,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..search.report import rebuild
+    from ..search.report import rebuild  # deferred: as in run()
 
     folder = Path(args.dir)
     if not (folder / "config.yaml").exists():

@@ -19,9 +19,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.gguf_cache import default_cache_dir
+    # deferred: a subcommand loads the model stack only when it runs (--help and argument errors answer at once)
     from ..calibration.dense import dense_statistics
     from ..data import calibration_windows, check_source
+    from ..models.gguf_cache import default_cache_dir
     from ..models.loading import check_model_spec, load_model
 
     common.resolve_quick(args)

@@ -21,6 +21,12 @@ METHODS: dict[str, dict] = {
     "dsnot": {"metric": {"name": "wanda"}, "refine": "dsnot"},
 }
 
+#: allocation baselines: Wanda scores with a layerwise allocation at the papers' settings (OWL M = 5,
+#: lambda = 0.08; AlphaPruning eps = 0.3): name -> (allocation space, its named point)
+ALLOCATION_BASELINES: dict[str, tuple[str, str]] = {"owl": ("owl", "wanda+owl"), "alphapruning": ("alpha", "wanda+alphapruning")}
+#: every name a study's final comparison accepts as a baseline
+BASELINES = (*METHODS, *ALLOCATION_BASELINES)
+
 
 def plan_for_method(
     method: str,

@@ -21,7 +21,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
+from objectives import make_objective
+from search_spaces import make_space
+
 from ..errors import UserError
+from ..metrics.kernel import default_group
+from ..pruning.plan import PruningPlan
 from .driver import SearchState, open_study, remember_finished
 from .evolution import ATTR, evolution_loop, selection_record
 from .storage import fail_orphans, study_name
@@ -66,11 +71,7 @@ def run_allocation_phase(state: SearchState, selected: FrozenTrial, out: Path, *
                          progress: bool = True) -> tuple[SearchState, dict | None]:
     """Evolve the allocation of ``selected`` (a trial of the first phase); returns the phase's state
     (its study, space and objective) and its selection record (the last parent, the fast best)."""
-    from objectives import make_objective
-    from search_spaces import make_space
 
-    from ..metrics.kernel import default_group
-    from ..pruning.plan import PruningPlan
 
     plan = PruningPlan.from_dict(selected.user_attrs["plan"])
     config = phase_config(state.config, plan.group or default_group(plan.metric))
@@ -100,7 +101,7 @@ def run_allocation_phase(state: SearchState, selected: FrozenTrial, out: Path, *
              selected.number, config.space["allocation"].get("base", "uniform"), config.study_name, config.budget.trials,
              config.budget.timeout)
     if config.executor == "ray":  # children farmed out to Ray actors, as the first phase's were
-        from .ray_executor import ray_loop
+        from .ray_executor import ray_loop  # deferred: Ray (about 1 s to import) loads only for executor: ray
 
         sub.new_trials = ray_loop(sub, out, progress=progress)
     else:

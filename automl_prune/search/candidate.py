@@ -10,12 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..candidate_context import CandidateContext
+from ..errors import PruningError
 from ..pruning.plan import PruningPlan
-from .context import SearchContext
-
-
-class CandidateFailed(RuntimeError):
-    """The candidate could not be scored (non-finite value, numerical failure): fail its trial only."""
 
 
 @dataclass
@@ -28,7 +25,7 @@ class CandidateScore:
 
 
 @torch.no_grad()
-def mask_hash(ctx: SearchContext, plan: PruningPlan | None = None) -> str:
+def mask_hash(ctx: CandidateContext, plan: PruningPlan | None = None) -> str:
     """Hash of which weights are zero in every prunable layer: equal hashes = identical masks.
 
     With a plan that updates the kept weights (SparseGPT, ADMM), the update and its settings are
@@ -42,8 +39,7 @@ def mask_hash(ctx: SearchContext, plan: PruningPlan | None = None) -> str:
     return h.hexdigest()
 
 
-
-def score_candidate(ctx: SearchContext, plan: PruningPlan, objectives: list, *, report=None,
+def score_candidate(ctx: CandidateContext, plan: PruningPlan, objectives: list, *, report=None,
                     known: dict[str, list[float]] | None = None) -> CandidateScore:
     """Apply ``plan`` to the context's weights and compute every objective.
 
@@ -61,7 +57,7 @@ def score_candidate(ctx: SearchContext, plan: PruningPlan, objectives: list, *, 
     for i, objective in enumerate(objectives):
         v = float(objective(ctx, result, report if i == 0 else None))
         if not math.isfinite(v):
-            raise CandidateFailed(f"objective {objective.name} is {v}")
+            raise PruningError(f"objective {objective.name} is {v}")
         values.append(v)
     info = {"swapped": result.info["swapped"]} if result.info.get("swapped") else {}
     return CandidateScore(values, result.realised_sparsity, time.perf_counter() - start, digest, info)

@@ -12,8 +12,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from objectives import make_objective
+from search_spaces import make_space
+
 from ..errors import UserError
+from ..evaluation.zeroshot import parse_tasks
+from ..pruning.methods import BASELINES
 from ..pruning.plan import AdmmOptions, DsnotOptions, Refine, Update
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -85,8 +91,6 @@ class ZeroShotFinal(_Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v):
-        from ..evaluation.zeroshot import parse_tasks
-
         try:
             return parse_tasks(v if isinstance(v, str) else ",".join(v))
         except UserError as exc:
@@ -316,9 +320,6 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 def _check_names(config: StudyConfig) -> None:
     """Spaces and objectives by name, checked without loading a model."""
-    from objectives import make_objective
-    from search_spaces import make_space
-
     make_space(config.space)
     for i, o in enumerate(config.objectives):
         _check_probe_windows(config, make_objective(o.name, **o.params), f"objectives[{i}].params.windows")
@@ -341,8 +342,6 @@ def _check_names(config: StudyConfig) -> None:
     _check_evolution(config)
     if config.allocation_search is not None:
         _check_allocation_search(config)
-    from .final import BASELINES
-
     unknown = [b for b in config.final.baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"invalid config: field 'final.baselines': unknown methods {unknown}; choose from {', '.join(BASELINES)}")
@@ -410,8 +409,6 @@ def _check_selection(config: StudyConfig) -> None:
 def _check_stages(config: StudyConfig, sel: "SelectionConfig", field: str, space: dict) -> None:
     """A selection objective that reads probe windows, whole windows per stage, an update not
     applied twice (``space``: the space whose candidates the stages score)."""
-    from objectives import make_objective
-
     if sel.reconstruction is not None:
         recon = space.get("reconstruction") or {}
         searched = [k for k in ("update", "refine") if any(v != "none" for v in (recon.get(k) or ["none"]))]
@@ -437,9 +434,6 @@ def _check_stages(config: StudyConfig, sel: "SelectionConfig", field: str, space
 def _check_allocation_search(config: StudyConfig) -> None:
     """The allocation phase follows a single-objective search of unstructured plans at a fixed
     target, not an evolution (that one already searches the allocation) and not a front."""
-    from objectives import make_objective
-    from search_spaces import make_space
-
     field = "invalid config: field 'allocation_search'"
     if config.searcher.name == "evolution":
         raise UserError(f"{field}: the searcher is already the evolution over levels; remove allocation_search")

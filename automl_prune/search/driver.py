@@ -17,11 +17,11 @@ from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
-from ..progress import progress_bar
 
+from ..candidate_context import CandidateContext
 from ..errors import UserError
+from ..progress import progress_bar
 from .config import StudyConfig
-from .context import SearchContext
 from .evaluate import Memo, Outcome, evaluate_params
 from .fingerprint import check_fingerprint
 from .storage import STALE, heartbeat, open_storage, storage_url, study_name
@@ -40,7 +40,7 @@ class SearchState:
     space: object
     profile: object
     objectives: list
-    ctx: SearchContext
+    ctx: CandidateContext
     memo: Memo = field(default_factory=Memo)
     started: float = field(default_factory=time.perf_counter)
     new_trials: int = 0
@@ -105,6 +105,18 @@ def make_sampler(config: StudyConfig, trials_so_far: int = 0) -> optuna.samplers
 
 def directions_of(config: StudyConfig, objectives: list) -> list[str]:
     return [c.direction or o.direction for c, o in zip(config.objectives, objectives)]
+
+
+def sign_of(direction) -> float:
+    """+1 for a minimised objective, -1 for a maximised one (a direction name or Optuna's
+    StudyDirection): ``sign * value`` is smaller for the better candidate."""
+    minimise = direction == "minimize" or direction == optuna.study.StudyDirection.MINIMIZE
+    return 1.0 if minimise else -1.0
+
+
+def first_sign(config: StudyConfig, objectives: list) -> float:
+    """``sign_of`` the study's first objective (the one single-objective choices rank by)."""
+    return sign_of(directions_of(config, objectives)[0])
 
 
 def open_study(config: StudyConfig, out: Path, objectives: list) -> optuna.Study:

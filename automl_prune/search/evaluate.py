@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+from objectives.base import TrialStopped
+
 from .candidate import score_candidate
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,6 @@ class Memo:
 
 def evaluate_params(params: dict, *, space, profile, ctx, objectives: list, memo: Memo, report=None) -> Outcome:
     """Evaluate one parameter set; never raises for a bad candidate (it becomes a failed outcome)."""
-    from objectives.base import TrialStopped
-
     try:
         plan = space.decode(params, profile)
         key = space.canonical_key(params)

@@ -36,14 +36,17 @@ from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives import make_objective
+
 from ..errors import UserError
+from ..metrics.kernel import default_group
 from ..models.gguf_cache import default_cache_dir
-from ..progress import progress_bar
 from ..pruning.database import LevelDatabase, database_key, key_digest
 from ..pruning.plan import PruningPlan
 from .config import StudyConfig, selection_seqlen
-from .driver import SearchState, _bar, _tick, directions_of, tell_outcome
+from .driver import SearchState, _bar, _tick, first_sign, tell_outcome
 from .evaluate import Outcome, evaluate_params
+from .selection import SELECTED, fresh_stage_windows, score_stage
 
 log = logging.getLogger(__name__)
 ATTR = "evolution"
@@ -62,8 +65,6 @@ def level_ladders(space) -> dict:
 def open_database(ctx, space, plan: PruningPlan, cache_dir=None) -> LevelDatabase:
     """The level database of ``plan`` (its metric, update, refinement) on the space's ladders, in
     the cache (``<cache>/levels/<key digest>``); not built here."""
-    from ..metrics.kernel import default_group
-
     ladders = level_ladders(space)
     group = plan.group or default_group(plan.metric)
     want = space.allocation.config.group
@@ -119,8 +120,6 @@ def _setting(config: StudyConfig) -> dict:
 
 def _stage_pool(state: SearchState):
     """The second stage's pool of fresh windows (``stage_pool`` stage minibatches), drawn once."""
-    from .selection import fresh_stage_windows
-
     s = state.config.searcher
     n, _ = selection_seqlen(state.config, s.stage_tokens)
     return fresh_stage_windows(state, s.stage_tokens, s.seed + STAGE_SEED, s.stage_pool), n
@@ -133,8 +132,6 @@ class _Stage:
     of a generation, the parent included, on the same minibatch."""
 
     def __init__(self, state: SearchState):
-        from objectives import make_objective
-
         self.pool, self.per = _stage_pool(state)
         self.base = state.ctx
         self.objective = make_objective("kl", topk=512)
@@ -145,8 +142,6 @@ class _Stage:
         return sorted(rng.sample(range(self.pool.input_ids.shape[0]), self.per))
 
     def score(self, plans: list[PruningPlan], generation: int) -> list[float | None]:
-        from .selection import score_stage
-
         values = score_stage(self.base, self.objective, dict(enumerate(plans)),
                              windows=self.pool.input_ids[self.minibatch(generation)], label="evolution stage")
         return [values[i] for i in range(len(plans))]
@@ -157,7 +152,7 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
     """Run generations until the budget is spent (the record stays in the study: selection_record)."""
     config, study, space = state.config, state.study, state.space
     s = config.searcher
-    sign = 1.0 if directions_of(config, state.objectives)[0] == "minimize" else -1.0
+    sign = first_sign(config, state.objectives)
     dists = space.distributions()
     level_keys = [k for k in dists if k.startswith(space.allocation.prefix + "level.")]
     bounds = {k: (dists[k].low, dists[k].high) for k in level_keys}
@@ -268,10 +263,8 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
 
 def selection_record(state: SearchState, record: dict) -> dict | None:
     """The evolution's choice in the shape of a selection result (final comparison, report)."""
-    from .selection import SELECTED
-
     study = state.study
-    sign = 1.0 if directions_of(state.config, state.objectives)[0] == "minimize" else -1.0
+    sign = first_sign(state.config, state.objectives)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     if not done or not record.get("parents"):
         return None

@@ -8,14 +8,19 @@ import logging
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import spearmanr
-from ..progress import progress_bar
 
+from search_spaces import make_space
+
+from ..allocation.profile import layer_alphas
+from ..candidate_context import CandidateContext
 from ..evaluation.perplexity import perplexity
-from ..pruning.methods import METHODS, plan_for_method
+from ..evaluation.zeroshot import ZeroShotSuite
+from ..models.adapters import needs_bos
+from ..progress import progress_bar
+from ..pruning.methods import ALLOCATION_BASELINES, plan_for_method
 from ..pruning.plan import PruningPlan
 from .candidate import mask_hash, score_candidate
-from .context import SearchContext
-from .driver import SearchState, directions_of
+from .driver import SearchState, first_sign
 from .selection import study_plan
 
 log = logging.getLogger(__name__)
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 class HeldoutEvaluator:
     """Held-out perplexity of plans, memoised by mask hash (equal masks are evaluated once)."""
 
-    def __init__(self, ctx: SearchContext):
+    def __init__(self, ctx: CandidateContext):
         self.ctx = ctx
         self.memo: dict[str, float] = {}
 
@@ -37,10 +42,6 @@ class HeldoutEvaluator:
         return self.memo[digest], result.realised_sparsity, digest
 
 
-def _sign(direction: str) -> float:
-    return 1.0 if direction == "minimize" else -1.0
-
-
 def chosen_trials(state: SearchState) -> list[FrozenTrial]:
     """Single objective: the ``top`` best distinct trials; several: the Pareto set, thinned to ``top``."""
     top = state.config.final.top
@@ -48,7 +49,7 @@ def chosen_trials(state: SearchState) -> list[FrozenTrial]:
     if not done or top == 0:
         return []
     if state.n_objectives == 1:
-        sign = _sign(directions_of(state.config, state.objectives)[0])
+        sign = first_sign(state.config, state.objectives)
         out, seen = [], set()
         for t in sorted(done, key=lambda t: sign * t.values[0]):
             key = t.user_attrs.get("mask_hash") or t.user_attrs.get("canonical_key")
@@ -75,11 +76,6 @@ def _target(plan: PruningPlan, realised: float) -> tuple[float | None, str]:
     return round(realised, 4), "unstructured"
 
 
-#: allocation baselines: Wanda scores with a layerwise allocation (the papers' settings)
-ALLOCATION_BASELINES = {"owl": ("owl", "wanda+owl"), "alphapruning": ("alpha", "wanda+alphapruning")}
-BASELINES = (*METHODS, *ALLOCATION_BASELINES)
-
-
 def baseline_plan(method: str, sparsity: float | None, pattern: str, state: SearchState) -> PruningPlan:
     """The plan of a named baseline at a target: a named method, or Wanda with the OWL
     (M = 5, lambda = 0.08) or AlphaPruning (eps = 0.3) allocation of this model."""
@@ -87,15 +83,12 @@ def baseline_plan(method: str, sparsity: float | None, pattern: str, state: Sear
         return plan_for_method(method, sparsity=sparsity, pattern=pattern)
     if sparsity is None:
         raise ValueError(f"baseline {method} allocates unstructured sparsity; it does not apply to {pattern}")
-    from search_spaces import make_space
 
     allocation, label = ALLOCATION_BASELINES[method]
     space = make_space({"metric": {"name": "bawa"}, "allocation": {"name": allocation},
                         "pattern": {"name": "unstructured", "sparsity": sparsity}})
     profile = state.profile
     if allocation == "alpha" and not profile.has_alphas:
-        from ..allocation.profile import layer_alphas
-
         profile.layer_alphas, info = layer_alphas(state.ctx.blocks)
         profile.info.update(info)
     return space.decode(space.named_points()[label], profile)
@@ -233,9 +226,6 @@ def stage_fidelity(state: SearchState, selection: dict, heldout: HeldoutEvaluato
 def zero_shot_rows(state: SearchState, rows: list[dict], *, progress: bool = True) -> None:
     """``final.zero_shot``: the zero-shot average (``zero_shot`` of the row) of every searched row
     and of the best baseline (held-out perplexity) at each searched row's target."""
-    from ..evaluation.zeroshot import ZeroShotSuite
-    from ..models.adapters import needs_bos
-
     zs = state.config.final.zero_shot
     ctx = state.ctx
     suite = ZeroShotSuite(list(zs.tasks), ctx.tokenizer, limit=zs.limit, data_dir=ctx.info.get("data_dir"),
@@ -250,7 +240,7 @@ def zero_shot_rows(state: SearchState, rows: list[dict], *, progress: bool = Tru
             if best not in wanted:
                 wanted.append(best)
     for r in progress_bar(wanted, desc="final: zero-shot", unit="plan", enabled=progress):
-        ctx.apply(PruningPlan.from_dict(r["plan"]))
-        result = suite.evaluate(ctx.model, batch_size=zs.batch_size, device=ctx.device, progress=False)
+        with ctx.applied(PruningPlan.from_dict(r["plan"])):
+            result = suite.evaluate(ctx.model, batch_size=zs.batch_size, device=ctx.device, progress=False)
         r["zero_shot"] = dict(result["average"], limit=zs.limit, tasks={t: v.get("acc_norm", v.get("acc"))
                                                                          for t, v in result["tasks"].items()})

@@ -23,10 +23,14 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from ..progress import progress_bar
+
+from objectives import make_objective
+from search_spaces import make_space
+from search_spaces.base import check_params
 
 from ..errors import UserError
-from .driver import FINISHED, SearchState, evaluate_trial
+from ..progress import progress_bar
+from .driver import FINISHED, SearchState, evaluate_trial, sign_of
 from .selection import run_selection, study_plan
 from .storage import storage_url, study_name
 
@@ -41,8 +45,6 @@ def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[
     """The ``k`` best (first objective, in its direction) front-study trials whose target sparsity is ``point``:
     their parameters without the sparsity, ready to enqueue in the fixed-sparsity space (only
     those that are points of ``space`` when it is given)."""
-    from search_spaces.base import check_params
-
     def fits(params: dict) -> bool:
         try:
             check_params(space, params)
@@ -54,7 +56,7 @@ def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[
         return []
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if abs(t.params.get("pattern.sparsity", -1.0) - point) < 1e-9]
-    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    sign = sign_of(study.directions[0])
     done.sort(key=lambda t: sign * t.values[0])  # best first, whichever way the first objective goes
     out, seen = [], set()
     for t in done:
@@ -86,8 +88,6 @@ def check_polish_studies(config, out: Path) -> None:
 def polish_point(state: SearchState, point: float, objective, out: Path, *, progress: bool = True) -> dict:
     """Polish one target sparsity; returns the best trial's plan and values, and Wanda's. With
     ``polish.selection`` the best is the one its stages select."""
-    from search_spaces import make_space
-
     cfg, config = state.config.polish, state.config
     base = cfg.space if cfg.space is not None else config.space
     space = make_space({**base, "pattern": {"name": "unstructured", "sparsity": point}}).bind(state.profile)
@@ -117,7 +117,7 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, prog
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     if not complete:
         return dict(point=point, study=name, trials=len(study.trials), best=None, note="no trial completed")
-    sign = 1.0 if objective.direction == "minimize" else -1.0
+    sign = sign_of(objective.direction)
     best = min(complete, key=lambda t: sign * t.value)
     wanda = next((t for t in complete if t.user_attrs.get("named_point") == "wanda"), None)
     selection = run_selection(sub, progress=progress) if cfg.selection is not None else None
@@ -132,8 +132,6 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, prog
 
 def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> list[dict]:
     """Polish every point of ``config.polish`` (a no-op without it)."""
-    from objectives import make_objective
-
     cfg = state.config.polish
     if cfg is None:
         return []

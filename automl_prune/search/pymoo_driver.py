@@ -16,8 +16,13 @@ from typing import Callable
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
+from pymoo.algorithms.moo.nsga3 import NSGA3
+from pymoo.core.problem import Problem
+from pymoo.util.ref_dirs import get_reference_directions
 
-from .driver import FINISHED, SearchState, _bar, _tick, directions_of, tell_outcome
+from search_spaces import from_vector, vector_bounds
+
+from .driver import FINISHED, SearchState, _bar, _tick, directions_of, sign_of, tell_outcome
 from .evaluate import Outcome, evaluate_params
 from .storage import STALE
 
@@ -27,12 +32,6 @@ ATTR = "pymoo"  # a trial's generation, index in the population and unit-box poi
 
 
 def _problem_and_algorithm(state: SearchState):
-    from pymoo.algorithms.moo.nsga3 import NSGA3
-    from pymoo.core.problem import Problem
-    from pymoo.util.ref_dirs import get_reference_directions
-
-    from search_spaces import vector_bounds
-
     lo, hi = vector_bounds(state.space)
     n_obj = state.n_objectives
     problem = Problem(n_var=len(lo), n_obj=n_obj, xl=np.asarray(lo, float), xu=np.asarray(hi, float))
@@ -69,13 +68,11 @@ def stored_individuals(study) -> dict[tuple[int, int], FrozenTrial]:
 
 def pymoo_loop(state: SearchState, out: Path, progress: bool = True,
                evaluate: Callable[[list[dict]], list[Outcome]] | None = None) -> None:
-    from search_spaces import from_vector
-
     evaluate = evaluate or evaluate_here(state)
     if (out / "pymoo.pkl").exists():
         log.info("pymoo: %s is no longer read; the algorithm is rebuilt from the study", out / "pymoo.pkl")
     algorithm = _problem_and_algorithm(state)
-    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions_of(state.config, state.objectives)])
+    signs = np.array([sign_of(d) for d in directions_of(state.config, state.objectives)])
     dists = state.space.distributions()
     bar = _bar(state, progress)
 

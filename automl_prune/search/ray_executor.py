@@ -21,12 +21,14 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
-from ..progress import progress_bar
 
 from ..errors import UserError
+from ..progress import progress_bar
 from .driver import SearchState, directions_of, make_sampler
-from .storage import storage_url, study_name
 from .evaluate import Outcome
+from .evolution import evolution_loop
+from .pymoo_driver import pymoo_loop
+from .storage import storage_url, study_name
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -222,15 +224,11 @@ def ray_loop(state: SearchState, out: Path, progress: bool = True) -> int:
     connect(state.config.ray.address)
     try:
         if state.config.searcher.name == "pymoo-nsga3":
-            from .pymoo_driver import pymoo_loop
-
             actors = actor_pool(state.config, storage_url(state.config, out), state.config.ray.max_concurrent_trials)
             before = state.finished()
             pymoo_loop(state, out, progress=progress, evaluate=evaluate_on(actors))
             return state.finished() - before
         if state.config.searcher.name == "evolution":  # generations farmed out to actors, as pymoo's
-            from .evolution import evolution_loop
-
             actors = actor_pool(state.config, storage_url(state.config, out), state.config.ray.max_concurrent_trials)
             before = state.finished()
             evolution_loop(state, out, progress=progress, evaluate=evaluate_on(actors))

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..pruning.plan import PruningPlan
+from .config import load_config
 from .storage import STALE, storage_url, study_name
 
 
@@ -526,8 +527,6 @@ def stale_text(trials: list) -> str:
 
 def rebuild(out: Path) -> Path:
     """Regenerate every output of a search folder from its study and final.json."""
-    from .config import load_config
-
     config = load_config(out / "config.yaml")
     study = optuna.load_study(study_name=study_name(config), storage=storage_url(config, out))
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}

@@ -10,14 +10,20 @@ from pathlib import Path
 
 import yaml
 
+from objectives import make_objective
+from search_spaces import make_space
+
 from ..errors import UserError
 from ..provenance import versions
+from .allocation_phase import run_allocation_phase, selected_trial
 from .config import StudyConfig
-from .driver import SearchState, directions_of, open_study, optuna_loop, remember_finished
+from .driver import SearchState, directions_of, first_sign, open_study, optuna_loop, remember_finished
+from .evolution import ATTR, evolution_loop, selection_record
+from .final import final_comparison
 from .fingerprint import check_weights
 from .lock import LeaseLock, file_lock_for
-from .final import final_comparison
 from .polish import check_polish_studies, polish_front
+from .pymoo_driver import pymoo_loop
 from .report import write_outputs
 from .selection import run_selection
 from .setup import load_search
@@ -51,9 +57,6 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
 
 
 def _run_locked(config: StudyConfig, out: Path, *, progress: bool, final: bool, lock) -> Path:
-    from objectives import make_objective
-    from search_spaces import make_space
-
     space = make_space(config.space)
     objectives = [make_objective(o.name, **o.params) for o in config.objectives]
     study = open_study(config, out, objectives)
@@ -85,22 +88,16 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
     log.info("search: %s on the %s executor, %d trials finished so far, budget %s trials / %s s", config.searcher.name,
              config.executor, state.finished(), config.budget.trials, config.budget.timeout)
     if config.executor == "ray":
-        from .ray_executor import ray_loop
+        from .ray_executor import ray_loop  # deferred: Ray (about 1 s to import) loads only for executor: ray
 
         state.new_trials = ray_loop(state, out, progress=progress)
     elif config.searcher.name == "evolution":
-        from .evolution import evolution_loop
-
         evolution_loop(state, out, progress=progress)
     elif config.searcher.name == "pymoo-nsga3":
-        from .pymoo_driver import pymoo_loop
-
         pymoo_loop(state, out, progress=progress)
     else:
         optuna_loop(state, progress=progress)
     if config.searcher.name == "evolution":
-        from .evolution import ATTR, selection_record
-
         evolved = selection_record(state, study.user_attrs.get(ATTR) or {})
     seconds = time.perf_counter() - start
     before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
@@ -126,9 +123,7 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
                      selection["fast_best"])
     phase, first_phase = None, None
     if config.allocation_search is not None:  # the joint plan's allocation phase, from the plan selected above
-        from .allocation_phase import run_allocation_phase, selected_trial
-
-        sign = 1.0 if directions_of(config, objectives)[0] == "minimize" else -1.0
+        sign = first_sign(config, objectives)
         first = selected_trial(study, selection, sign)
         start = time.perf_counter()
         phase, evolved = run_allocation_phase(state, first, out, progress=progress)

@@ -27,12 +27,14 @@ from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives import make_objective
+
 from ..data import fresh_windows
 from ..progress import progress_bar
 from ..pruning.plan import PruningPlan
-from .candidate import CandidateFailed, score_candidate
+from .candidate import score_candidate
 from .config import StudyConfig, selection_seqlen
-from .driver import SearchState, directions_of
+from .driver import SearchState, first_sign, sign_of
 
 log = logging.getLogger(__name__)
 ATTR = "selection"
@@ -61,7 +63,7 @@ def pool(state: SearchState) -> list[FrozenTrial]:
     """The fast objective's ``selection.candidates`` best trials with distinct masks, then every
     named point not among them (so the last stage compares the selected plan with them too) and
     the trial the searcher itself chose (the evolution's last parent), when there is one."""
-    sign = 1.0 if directions_of(state.config, state.objectives)[0] == "minimize" else -1.0
+    sign = first_sign(state.config, state.objectives)
     done = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     chosen = state.study.user_attrs.get(SELECTED) if state.config.searcher.name == "evolution" else None
     out, seen = [], set()
@@ -112,7 +114,7 @@ def score_stage(ctx, objective, plans: dict, *, windows=None, done: dict | None 
     for key in progress_bar(todo, desc=label, unit="candidate", enabled=progress):
         try:
             value = score_candidate(sctx, plans[key], [objective]).values[0]
-        except (CandidateFailed, ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError) as exc:  # PruningError among them: the candidate fails, not the study
             log.warning("%s: candidate %s failed: %s", label, key, exc)
             value = None
         values[key] = value
@@ -132,8 +134,6 @@ def stage_windows(state: SearchState, index: int):
 def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
     """Score the pool stage by stage; returns the stages and the selected trial (None without
     ``selection`` or without completed trials). The selected trial is recorded in the study."""
-    from objectives import make_objective
-
     config = state.config
     sel = config.selection
     if sel is None:
@@ -143,8 +143,8 @@ def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
         return None
     start = time.perf_counter()
     objective = make_objective(sel.objective.name, **sel.objective.params)
-    sign = 1.0 if (sel.objective.direction or objective.direction) == "minimize" else -1.0
-    fast_sign = 1.0 if directions_of(config, state.objectives)[0] == "minimize" else -1.0
+    sign = sign_of(sel.objective.direction or objective.direction)
+    fast_sign = first_sign(config, state.objectives)
     key = setting_key(config)
     stored = state.study.user_attrs.get(ATTR) or {}
     if stored.get("key") != key:

@@ -6,17 +6,19 @@ from __future__ import annotations
 import logging
 import time
 
+from ..allocation.profile import ModelProfile
 from ..calibration.dense import dense_statistics
+from ..candidate_context import CandidateContext
 from ..data import calibration_windows, check_source, evaluation_windows
 from ..models.adapters import needs_bos
+from ..models.gguf_cache import default_cache_dir
 from ..models.loading import check_model_spec, load_model
 from .config import StudyConfig
-from .context import SearchContext
 
 log = logging.getLogger(__name__)
 
 
-def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool = True) -> SearchContext:
+def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool = True) -> CandidateContext:
     """The loaded context of a study: dense one-shot statistics with Gram matrices (cached on disk
     unless ``use_cache`` is False)."""
     check_sources(config)
@@ -42,7 +44,7 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
     info = dict(model=loaded.info, calibration=calib.info, probe=probe.info, heldout=heldout.info, statistics=stats.info,
                 mode="one-shot", data_dir=config.data_dir)  # data_dir: objectives that read task files (zero_shot)
-    return SearchContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
+    return CandidateContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
                          device=device, tokenizer=tok, info=info)
 
 
@@ -60,9 +62,6 @@ def check_sources(config: StudyConfig) -> None:
 def build_profile(ctx, space, *, cache_dir=None):
     """The allocation profile of the loaded model: OWL material from the dense statistics, and the
     spectral exponents (SVDs, cached on disk by model fingerprint) only when the space needs them."""
-    from ..allocation.profile import ModelProfile
-    from ..models.gguf_cache import default_cache_dir
-
     needs_alphas = getattr(getattr(space, "allocation", None), "name", None) == "alpha"
     key = ctx.info.get("statistics", {}).get("model_fingerprint")
     return ModelProfile.build(ctx.model, ctx.stats, with_alphas=needs_alphas, alpha_cache_dir=default_cache_dir(cache_dir),

@@ -8,9 +8,17 @@ import logging
 import os
 
 import optuna
+import torch
+
+from objectives import make_objective
+from search_spaces import make_space
 
 from .config import StudyConfig
+from .driver import remember_finished
 from .evaluate import Memo, Outcome, evaluate_params
+from .evolution import open_database
+from .setup import load_search
+from .storage import study_name
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +28,6 @@ class Worker:
     filled, so a worker reads them instead of recomputing) and evaluates parameter sets."""
 
     def __init__(self, config: StudyConfig | dict, *, storage: str | None = None, threads: int | None = None):
-        import torch
-
-        from objectives import make_objective
-        from search_spaces import make_space
-
-        from .setup import load_search
-
         self.config = config if isinstance(config, StudyConfig) else StudyConfig.model_validate(config)
         if threads:
             torch.set_num_threads(max(1, int(threads)))
@@ -35,9 +36,6 @@ class Worker:
         self.ctx, self.profile, self.space = load_search(self.config, space, self.objectives, progress=False)
         self.memo = Memo()
         if storage is not None:
-            from .driver import remember_finished
-            from .storage import study_name
-
             try:  # values other workers already measured: reuse them for equal candidates
                 study = optuna.load_study(study_name=study_name(self.config), storage=storage)
                 remember_finished(study, self.memo)
@@ -54,8 +52,6 @@ class Worker:
 
     def _open_levels(self, params: dict) -> None:
         """Swap candidates in from the level database the driver built (pruned as usual until then)."""
-        from .evolution import open_database
-
         try:
             db = open_database(self.ctx, self.space, self.space.decode(params, self.profile), self.config.cache_dir)
         except Exception as exc:  # noqa: BLE001 - the database is an optimisation only

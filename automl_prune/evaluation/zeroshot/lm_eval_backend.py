@@ -20,8 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from automl_prune.data.hub import _one_line
 from automl_prune.errors import MissingPackageError, UserError
 
+from .summary import finish
 from .tasks import TASKS, load_docs, zeroshot_folder
 
 INSTALL = "pip install lm_eval  (or: pip install 'automl-prune[lm-eval]')"
@@ -84,11 +86,9 @@ def evaluate_with_lm_eval(model: nn.Module, tokenizer: Any, tasks: list[str], *,
     ``samples`` the result also holds, per task and document (in order), lm-eval's requests
     ``(context, continuation)`` and responses ``(loglikelihood, is_greedy)``."""
     require_lm_eval()
-    import lm_eval
+    import lm_eval  # deferred: lm-eval is optional and heavy
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-
-    from .suite import finish
 
     start = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_special_tokens)
@@ -107,8 +107,6 @@ def evaluate_with_lm_eval(model: nn.Module, tokenizer: Any, tasks: list[str], *,
             out = lm_eval.simple_evaluate(model=lm, tasks=specs, num_fewshot=0, limit=limit, batch_size=batch_size,
                                           bootstrap_iters=0, log_samples=samples, task_manager=manager)
         except (ConnectionError, OSError) as e:  # the hub (datasets) is not reachable
-            from automl_prune.data.hub import _one_line
-
             raise UserError(f"lm-eval could not load its datasets ({_one_line(e)}). If the machine is offline, pass "
                             "--data-dir (or set AUTOML_PRUNE_DATA_DIR) to a folder whose zeroshot/ holds the task files.") from e
     seconds = round(time.perf_counter() - start, 3)

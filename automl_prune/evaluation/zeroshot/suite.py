@@ -27,7 +27,9 @@ from torch import nn
 
 from automl_prune.errors import UserError
 
+from .lm_eval_backend import evaluate_with_lm_eval, require_lm_eval
 from .scoring import Request, encode_pair, loglikelihoods
+from .summary import finish
 from .tasks import TASKS, Item, format_docs, load_docs, parse_tasks
 
 
@@ -116,17 +118,6 @@ def score_items(task: str, items: list[Item], lls: list[tuple[float, bool]]) -> 
     return out
 
 
-def average(results: dict[str, dict]) -> dict:
-    accs = [r["acc"] for r in results.values()]
-    norms = [r.get("acc_norm", r["acc"]) for r in results.values()]
-    return {"acc": sum(accs) / len(accs), "acc_norm": sum(norms) / len(norms), "tasks": len(accs)}
-
-
-def finish(results: dict[str, dict], *, backend: str, limit: int | None) -> dict:
-    return {"tasks": results, "average": average(results), "backend": backend, "limit": limit,
-            "subset": "first N documents of each task in dataset order (lm-eval --limit)" if limit else "all documents"}
-
-
 BACKENDS = ("builtin", "lm-eval")
 
 
@@ -134,8 +125,6 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise UserError(f"unknown zero-shot backend {backend!r}; choose {' or '.join(BACKENDS)}")
     if backend == "lm-eval":
-        from .lm_eval_backend import require_lm_eval
-
         require_lm_eval()
     return backend
 
@@ -158,8 +147,6 @@ def evaluate_zero_shot(model: nn.Module, tokenizer: Any, tasks: str | list[str],
     check_limit(limit)
     check_backend(backend)
     if backend == "lm-eval":
-        from .lm_eval_backend import evaluate_with_lm_eval
-
         return evaluate_with_lm_eval(model, tokenizer, names, limit=limit, data_dir=data_dir, batch_size=batch_size,
                                      add_special_tokens=add_special_tokens)
     suite = ZeroShotSuite(names, tokenizer, limit=limit, data_dir=data_dir, add_special_tokens=add_special_tokens)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from automl_prune.data.files import file_sha256
+from automl_prune.data.hub import load_hub_dataset
 from automl_prune.data.sources import DATA_DIR_ENV, resolve_data_dir
 from automl_prune.errors import UserError
 
@@ -317,8 +318,6 @@ def load_docs(task: str, *, data_dir: str | os.PathLike | None = None, limit: in
         total = len(docs)
         info = {"source": "local", "files": [str(p) for p in paths], "sha256": [file_sha256(p) for p in paths]}
     else:
-        from automl_prune.data.hub import load_hub_dataset
-
         path, name, split = spec.hub
         dataset = load_hub_dataset(path, name, split=split, note=f"Zero-shot task '{spec.name}' reads it from there; with "
                                    f"--data-dir it reads {ZEROSHOT_SUBDIR}/{spec.local_files[0]} instead.")

@@ -1,8 +1,10 @@
-"""Everything a candidate plan is scored with, loaded once: model, dense weights, statistics, windows.
+"""The candidate context: everything a candidate plan is scored with, loaded once (model, dense
+weights, statistics, windows). Core: objectives and search spaces use it; the search drives it.
 
 A candidate is applied to the model's weights in place (masks from scores; no model reload) and
-the dense weights are restored before the next one. Evaluating one candidate is a plain function
-of (plan, context), so a local loop and a Ray worker share it.
+the dense weights are restored before the next one (``with ctx.applied(plan) as result:`` does
+both). Evaluating one candidate is a plain function of (plan, context), so a local loop and a Ray
+worker share it.
 
 Plans with a weight update (SparseGPT, ADMM) cost tens of seconds to apply, and the selection
 stages and the final comparison apply the same ones again: their pruned weights are kept (least
@@ -16,22 +18,24 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..calibration.capture import BlockStats
-from ..models.adapters import decoder_blocks, prunable_linears
-from ..pruning.apply import PruneResult, prune_model
-from ..pruning.plan import PruningPlan
+from .calibration.capture import BlockStats
+from .models.adapters import decoder_blocks, prunable_linears
+from .pruning.apply import PruneResult, prune_model
+from .pruning.plan import PruningPlan
 
 UPDATED_CACHE_BYTES = int(float(os.environ.get("AUTOML_PRUNE_UPDATED_CACHE_MB", 4096)) * 2**20)
 
 
 @dataclass
-class SearchContext:
+class CandidateContext:
     """A loaded model with its dense weights kept aside, dense statistics and fixed windows.
 
     ``probe_ids``: windows the fast objectives use (calibration-domain text);
@@ -96,6 +100,15 @@ class SearchContext:
                 self._updated.popitem(last=False)
             self._updated[key] = ({k: m.weight.detach().clone() for k, m in self.modules.items()}, result)
         return result
+
+    @contextmanager
+    def applied(self, plan: PruningPlan) -> Iterator[PruneResult]:
+        """``apply(plan)`` for the body of a ``with`` block, the dense weights restored after it
+        (also when the body raises)."""
+        try:
+            yield self.apply(plan)
+        finally:
+            self.restore()
 
     def _swap(self, plan: PruningPlan, levels: dict[str, int]) -> PruneResult:
         self.levels.swap_into(self.modules, self.dense, levels, self._applied["levels"])

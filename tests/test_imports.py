@@ -1,0 +1,158 @@
+"""The import structure: no cycle between files or layers, and every import deferred into a function
+body says why. Read from the source (ast), so an import inside a function counts as an edge too:
+the graph has no cycle even if every deferred import were hoisted."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("automl_prune", "search_spaces", "objectives")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
+    """(imported project module, line, inside a function) for every import of ``name``."""
+    tree = ast.parse(path.read_text())
+    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f) if n is not f}
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import a.b.c` imports the module a.b.c names
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.append((target, node.lineno, id(node) in in_function))
+    return out
+
+
+def _graph() -> tuple[dict[str, set[str]], list[tuple[str, str, int]]]:
+    modules = _modules()
+    graph, deferred = {m: set() for m in modules}, []
+    for name, path in modules.items():
+        for target, line, inside in _imports(name, path, modules):
+            graph[name].add(target)
+            if inside:
+                deferred.append((name, target, line))
+    return graph, deferred
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one node (Tarjan, iterative)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def layer(module: str) -> str:
+    """The layer a module belongs to: the core package, the two plug-in packages, the search, the CLI."""
+    for prefix, name in (("automl_prune.search", "search"), ("automl_prune.cli", "cli"), ("automl_prune.__main__", "cli"),
+                         ("objectives", "objectives"), ("search_spaces", "search_spaces")):
+        if module == prefix or module.startswith(prefix + "."):
+            return name
+    return "core"
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_between_files():
+    graph, _ = _graph()
+    assert len(graph) >= 90 and {"objectives.kl", "search_spaces.base", "automl_prune.search.run"} <= set(graph)
+    assert _cycles(graph) == []
+
+
+def test_the_layers_import_downwards_only():
+    """core <- objectives, search_spaces <- search <- cli: the core imports none of the others, the
+    plug-in packages only the core (and search_spaces not objectives, nor the reverse)."""
+    graph, _ = _graph()
+    allowed = {"core": {"core"}, "objectives": {"core", "objectives"}, "search_spaces": {"core", "search_spaces"},
+               "search": {"core", "objectives", "search_spaces", "search"},
+               "cli": {"core", "objectives", "search_spaces", "search", "cli"}}
+    wrong = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer(b) not in allowed[layer(a)])
+    assert wrong == []
+
+
+def test_every_deferred_project_import_says_why():
+    """An import inside a function body is there on purpose (a heavy dependency loaded only when
+    used), and a comment on its line or on the block of imports it closes says so."""
+    _, deferred = _graph()
+    modules = _modules()
+    unexplained = []
+    for name, target, line in deferred:
+        lines = modules[name].read_text().splitlines()
+        block = [lines[line - 1]]  # the import, and the run of imports and comments right above it
+        for above in reversed(lines[:line - 1]):
+            if not above.strip().startswith(("from ", "import ", "#")):
+                break
+            block.append(above)
+        if not any("# deferred" in text for text in block):
+            unexplained.append(f"{modules[name].relative_to(ROOT)}:{line} imports {target}")
+    assert unexplained == []
+
+
+@pytest.mark.parametrize("module", ["objectives", "search_spaces"])
+def test_the_plug_in_packages_import_without_the_search(module):
+    """Importing an objective or a space does not pull in the search layer (checked in a fresh
+    interpreter, where nothing else has imported it yet)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(any(m.startswith('automl_prune.search') for m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
