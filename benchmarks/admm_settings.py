@@ -30,8 +30,11 @@ from automl_prune.pruning.methods import plan_for_method
 
 HERE = Path(__file__).resolve().parent
 
-#: row label -> (comparison group, ADMM options over the reference's)
-ROWS: dict[str, tuple[str, dict]] = {
+JOINT_50_METRIC = {"name": "bawa", "form": "product", "alpha": -0.8902382893847618, "beta": 0.36357223968476005,
+                   "gamma": 0.9256089293745574, "norm": "l2", "activation": "l2"}
+
+#: row label -> (comparison group, ADMM options over the reference's[, metric instead of Wanda's])
+ROWS: dict[str, tuple] = {
     "reference (--method admm)": ("matrix", {}),
     "damping 0.03": ("matrix", {"damping": 0.03}),
     "50 iterations (40 gradual)": ("matrix", {"iterations": 50, "gradual_iterations": 40}),
@@ -39,6 +42,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "per row, damping 0.03": ("row", {"damping": 0.03}),
     "per row, damping 0.01": ("row", {"damping": 0.01}),
     "per row, damping 0.03, 50 iterations (40 gradual)": ("row", {"damping": 0.03, "iterations": 50, "gradual_iterations": 40}),
+    # the metric the joint 50% study's first phase selected on fresh tokens (configs/joint-50-update.yaml)
+    "per row, damping 0.03, BaWA product (alpha -0.89, beta 0.36, gamma 0.93)": ("row", {"damping": 0.03}, JOINT_50_METRIC),
 }
 
 
@@ -71,7 +76,7 @@ def main() -> None:
     if wanted is not None and wanted - set(ROWS):
         raise SystemExit(f"--rows: unknown {sorted(wanted - set(ROWS))}; the rows are {list(ROWS)}")
     done = measured_rows(out, report)
-    for label, (group, admm) in ROWS.items():
+    for label, (group, admm, *metric) in ROWS.items():
         if wanted is not None and label not in wanted:
             continue
         if label in done:  # measured by an earlier run on the same model, windows and sparsity: kept, not rerun
@@ -80,12 +85,12 @@ def main() -> None:
         for n, m in modules.items():
             m.weight.data.copy_(dense[n])
         plan = plan_for_method("admm", sparsity=args.sparsity)
-        plan = plan.with_fields(group=group, admm=plan.admm.model_dump() | admm)
+        plan = plan.with_fields(group=group, admm=plan.admm.model_dump() | admm, **({"metric": metric[0]} if metric else {}))
         t = time.perf_counter()
         result = prune_model(model, plan, stats=stats, progress=False)
         seconds = time.perf_counter() - t
         kl = kl_to_dense(model, modules, dense, fresh.input_ids, progress=False)
-        report["rows"].append(dict(row=label, group=group, admm=plan.admm.model_dump(), kl=round(kl["kl"], 5),
+        report["rows"].append(dict(row=label, group=group, metric=plan.metric.model_dump(), admm=plan.admm.model_dump(), kl=round(kl["kl"], 5),
                                    kl_tokens=kl["n_tokens"], realised_sparsity=round(result.realised_sparsity, 6),
                                    prune_seconds=round(seconds, 1)))
         print(f"{label:32s} KL {kl['kl']:.4f}  realised {result.realised_sparsity:.4f}  prune {seconds:5.1f} s", flush=True)
