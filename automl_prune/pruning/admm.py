@@ -54,14 +54,20 @@ def admm_prune(
     rho: float = 1.0,
     damping: float = 0.1,
     gradual_iterations: int = 15,
+    gradual_score: str = "metric",
 ) -> AdmmResult:
     """ADMM update of ``weight`` (out, in) under ``mask`` (bool, True = pruned), given the Gram
     matrix X^T X (in, in) of the layer's calibration inputs.
 
     With ``select(w, fraction) -> mask`` the mask is re-chosen from the iterate (in the original
     weight scale) at ``fraction`` of the final sparsity during the first ``gradual_iterations``
-    iterations, ending with ``fraction = 1``; ``mask`` is then only the starting point.
+    iterations, ending with ``fraction = 1``; ``mask`` is then only the starting point. With
+    ``gradual_score="obs"`` ``select`` sees the iterate's columns divided by sqrt([G'^-1]_jj) (G'
+    the damped normalised Gram matrix): a magnitude-times-norm metric then ranks by the OBS
+    saliency w'^2 / [G'^-1]_jj.
     """
+    if gradual_score not in ("metric", "obs"):
+        raise ValueError(f"gradual_score must be 'metric' or 'obs', got {gradual_score!r}")
     if iterations < 1:
         raise ValueError(f"ADMM needs at least 1 iteration, got {iterations}")
     if rho <= 0 or damping < 0:
@@ -79,6 +85,12 @@ def admm_prune(
     Gn.diagonal().add_(damp)
     W = W0 * norm  # normalised weights, (out, in)
     XY = W @ Gn  # Gn is symmetric
+    scale = norm
+    if select is not None and gradual_score == "obs":
+        L, err = torch.linalg.cholesky_ex(Gn)
+        if int(err) != 0:
+            raise ValueError("ADMM: the damped Gram matrix is not positive definite")
+        scale = norm * torch.diag(torch.cholesky_inverse(L)).clamp_min(1e-12).sqrt()
     Gn.diagonal().add_(rho)
     L, err = torch.linalg.cholesky_ex(Gn)
     if int(err) != 0:
@@ -92,11 +104,13 @@ def admm_prune(
     steps = min(gradual_iterations, iterations)  # the last selection step reaches the full sparsity
     for it in range(iterations):
         if selecting and it < steps:
-            keep = ~select((W + U) / norm, cubic_schedule(it, steps))
+            keep = ~select((W + U) / scale, cubic_schedule(it, steps))
         Z = (W + U) * keep
         U = U + (W - Z)
         W = (XY + rho * (Z - U)) @ Ainv
     out = (W + U) * keep / norm  # exact zeros where pruned
-    return AdmmResult(out, ~keep, {"iterations": iterations, "rho": rho, "damping": damping,
-                                   "gradual": bool(selecting)})
+    info = {"iterations": iterations, "rho": rho, "damping": damping, "gradual": bool(selecting)}
+    if selecting and gradual_score != "metric":
+        info["gradual_score"] = gradual_score
+    return AdmmResult(out, ~keep, info)
 

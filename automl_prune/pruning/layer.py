@@ -116,7 +116,8 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
         opts = plan.admm
         select = _gradual_selector(stats, plan, sparsity, perm, label) if opts.gradual else None
         new, mask, admm_info = admm_prune(w, stats.gram, mask, select=select, iterations=opts.iterations, rho=opts.rho,
-                                          damping=opts.damping, gradual_iterations=opts.gradual_iterations)
+                                          damping=opts.damping, gradual_iterations=opts.gradual_iterations,
+                                          gradual_score=opts.gradual_score)
         info.update(admm_info)
     else:
         new = w.masked_fill(mask, 0.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer, model_validator
 
 from ..errors import UserError
 from ..metrics.spec import metric_from_dict
@@ -27,7 +27,10 @@ Permute = Literal["none", "heuristic", "lsa"]
 class AdmmOptions(BaseModel):
     """ADMM update settings (Boza 2024): iterations, penalty rho, damping relative to the mean
     diagonal of the normalised Gram matrix, and gradual mask selection over the first
-    ``gradual_iterations`` iterations (cubic schedule)."""
+    ``gradual_iterations`` iterations (cubic schedule). ``gradual_score``: what the gradual masks
+    rank, ``metric`` (the plan's metric on the iterate, the reference) or ``obs`` (the iterate's
+    columns divided by sqrt([G'^-1]_jj) of the damped normalised Gram matrix first: with Wanda's
+    metric, the OBS saliency w'^2 / [G'^-1]_jj that SparseGPT prunes by)."""
 
     model_config = ConfigDict(extra="forbid")
     iterations: int = Field(20, ge=1, le=1000)
@@ -35,6 +38,15 @@ class AdmmOptions(BaseModel):
     damping: float = Field(0.1, ge=0.0)
     gradual: bool = False
     gradual_iterations: int = Field(15, ge=1)
+    gradual_score: Literal["metric", "obs"] = "metric"
+
+    @model_serializer(mode="wrap")
+    def _without_the_default_score(self, handler):
+        # plans, keys and fingerprints written before gradual_score existed stay byte-identical
+        out = handler(self)
+        if isinstance(out, dict) and out.get("gradual_score") == "metric":
+            out.pop("gradual_score")
+        return out
 
 
 class DsnotOptions(BaseModel):
