@@ -44,6 +44,8 @@ ROWS: dict[str, tuple] = {
     "per row, damping 0.03, 50 iterations (40 gradual)": ("row", {"damping": 0.03, "iterations": 50, "gradual_iterations": 40}),
     # the metric the joint 50% study's first phase selected on fresh tokens (configs/joint-50-update.yaml)
     "per row, damping 0.03, BaWA product (alpha -0.89, beta 0.36, gamma 0.93)": ("row", {"damping": 0.03}, JOINT_50_METRIC),
+    # gradual masks by the OBS saliency w'^2 / [G'^-1]_jj instead of |w'| (admm.gradual_score: obs)
+    "per row, damping 0.03, OBS gradual score": ("row", {"damping": 0.03, "gradual_score": "obs"}),
 }
 
 

@@ -100,6 +100,48 @@ def test_admm_gradual_selection_reaches_the_exact_pattern(pattern):
     assert not torch.equal(new == 0, fixed == 0)  # the gradual path chose its own mask
 
 
+def test_admm_gradual_obs_score_ranks_the_iterate_by_the_obs_saliency():
+    """gradual_score="obs": the selector sees the iterate's columns divided by sqrt([G'^-1]_jj) of the
+    damped normalised Gram matrix (at the first step the iterate is the dense weight), so Wanda's
+    metric on it ranks w'^2 / [G'^-1]_jj; the default passes the iterate as it is."""
+    _, W, stats = layer(seed=4)
+    mask = wanda_mask(W, stats, 0.5)
+    seen = {}
+
+    def spy(score_name):
+        def select(w, fraction):
+            seen.setdefault(score_name, w.clone())
+            return wanda_mask(w, stats, 0.5 * fraction)
+        return select
+
+    damping = 0.03
+    for name in ("metric", "obs"):
+        admm_prune(W, stats.gram, mask, select=spy(name), damping=damping, gradual_score=name)
+    G = stats.gram.double()
+    norm = G.diagonal().sqrt() + 1e-8
+    Gn = G / norm[None, :] / norm[:, None]
+    Gn.diagonal().add_(damping * float(Gn.diagonal().mean()))
+    d = torch.linalg.inv(Gn).diagonal()
+    assert torch.allclose(seen["metric"], W, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(seen["obs"].double(), W.double() / d.sqrt()[None, :], rtol=1e-3, atol=1e-6)
+    obs = admm_prune(W, stats.gram, mask, select=spy("again"), damping=damping, gradual_score="obs")
+    assert obs.info["gradual_score"] == "obs" and torch.equal(obs.weight == 0, obs.mask)
+    with pytest.raises(ValueError, match="gradual_score"):
+        admm_prune(W, stats.gram, mask, select=spy("bad"), gradual_score="hessian")
+
+
+def test_the_default_gradual_score_is_left_out_of_plans():
+    """Plans (and the keys and fingerprints made from them) written before gradual_score existed stay
+    the same: the default is not written; obs is, and reads back."""
+    plain = PruningPlan.from_dict({"metric": {"name": "wanda"}, "sparsity": 0.5, "update": "admm", "admm": {"gradual": True}})
+    assert "gradual_score" not in plain.to_dict()["admm"] and "gradual_score" not in plain.admm.model_dump_json()
+    obs = plain.with_fields(admm={"gradual": True, "gradual_score": "obs"})
+    assert obs.to_dict()["admm"]["gradual_score"] == "obs"
+    assert PruningPlan.from_dict(obs.to_dict()) == obs and obs != plain
+    with pytest.raises(UserError, match="admm"):
+        plain.with_fields(admm={"gradual_score": "hessian"})
+
+
 def test_admm_rejects_bad_input():
     _, W, stats = layer()
     mask = wanda_mask(W, stats)
