@@ -44,6 +44,14 @@ def cubic_schedule(step: int, total: int) -> float:
     return 1.0 - (1.0 - (step + 1) / total) ** 3
 
 
+def _inverse(M: torch.Tensor) -> torch.Tensor:
+    """The inverse of a symmetric positive definite matrix (Cholesky)."""
+    L, err = torch.linalg.cholesky_ex(M)
+    if int(err) != 0:
+        raise ValueError("ADMM: the damped Gram matrix is not positive definite")
+    return torch.cholesky_inverse(L)
+
+
 def admm_prune(
     weight: torch.Tensor,
     gram: torch.Tensor,
@@ -87,16 +95,10 @@ def admm_prune(
     XY = W @ Gn  # Gn is symmetric
     scale = norm
     if select is not None and gradual_score == "obs":
-        L, err = torch.linalg.cholesky_ex(Gn)
-        if int(err) != 0:
-            raise ValueError("ADMM: the damped Gram matrix is not positive definite")
-        scale = norm * torch.diag(torch.cholesky_inverse(L)).clamp_min(1e-12).sqrt()
+        scale = norm * torch.diag(_inverse(Gn)).clamp_min(1e-12).sqrt()
     Gn.diagonal().add_(rho)
-    L, err = torch.linalg.cholesky_ex(Gn)
-    if int(err) != 0:
-        raise ValueError("ADMM: the damped Gram matrix is not positive definite")
-    Ainv = torch.cholesky_inverse(L)
-    del Gn, L
+    Ainv = _inverse(Gn)
+    del Gn
 
     keep = ~mask.to(W.device)
     U = torch.zeros_like(W)
