@@ -53,7 +53,7 @@ def main() -> None:
     results = Path(args.results_dir)
 
     cpus = os.cpu_count() or 1
-    base = {"searcher.name": "random", "searcher.seed": 0, "budget.trials": args.trials, "budget.timeout": None,
+    base = {"searcher": {"name": "random", "seed": 0}, "budget.trials": args.trials, "budget.timeout": None,
             "final.top": 0, "final.fidelity_sample": 0}
     if args.data_dir:
         base["data_dir"] = args.data_dir

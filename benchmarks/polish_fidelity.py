@@ -26,10 +26,10 @@ from scipy.stats import spearmanr
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.search.candidate import score_candidate
 from automl_prune.search.config import load_config, on_windows
-from automl_prune.search.storage import storage_url
 from automl_prune.search.final import HeldoutEvaluator
-from automl_prune.search.polish import polish_study_name
+from automl_prune.search.polish import point_config
 from automl_prune.search.setup import build_context
+from automl_prune.search.study import Study
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,7 +56,7 @@ def main() -> None:
         # the probe sampler draws windows in sequence: the first nsamples of a larger sample are the same
         probe_config = config.model_copy(update={"probe": config.probe.model_copy(update={"nsamples": args.rescore_windows})})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=polish_study_name(config, args.point), storage=storage_url(config, run))
+    study = Study.from_config(point_config(config, args.point), run).load()
     trials = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     ctx = build_context(probe_config, progress=False)
     known = previous_heldout(out / f"{stem}.json", ctx.info["heldout"])

@@ -32,8 +32,7 @@ from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from automl_prune.models.loading import load_model
 from automl_prune.search.config import load_config
 from automl_prune.search.setup import load_search
-from objectives import make_objective
-from search_spaces import make_space
+from automl_prune.search.study import Study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = re.compile(r"^tiny-(\d+)x(\d+)$")
@@ -65,9 +64,10 @@ def tiny_llama(spec: str, folder: Path, tokenizer_source: str) -> str:
 
 
 def measure(config, candidates: int, seed: int) -> dict:
-    objectives = [make_objective(o.name, **o.params) for o in config.objectives]
+    study = Study.from_config(config)
+    objectives = study.objectives
     t = time.perf_counter()
-    ctx, profile, space = load_search(config, make_space(config.space), objectives, progress=False, use_cache=False)
+    ctx, profile, space = load_search(study, progress=False, use_cache=False)
     setup_s = time.perf_counter() - t
     ctx.restore()
     fwd = forward_seconds(ctx, ctx.calib_ids, repeats=1)

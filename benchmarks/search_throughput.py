@@ -30,8 +30,8 @@ from automl_prune.provenance import environment
 from automl_prune.search.candidate import score_candidate
 from automl_prune.search.config import load_config
 from automl_prune.search.setup import load_search
-from objectives import make_objective
-from search_spaces import make_space, suggest
+from automl_prune.search.study import Study
+from search_spaces import suggest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -84,8 +84,9 @@ def main() -> None:
     args = ap.parse_args()
 
     config = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
-    objectives = [make_objective(o.name, **o.params) for o in config.objectives]
-    ctx, profile, space = load_search(config, make_space(config.space), objectives)
+    study = Study.from_config(config)
+    objectives = study.objectives
+    ctx, profile, space = load_search(study)
     prepare_s = ctx.info["objectives_prepare_seconds"]
     c = config.calibration
     ctx.restore()
@@ -139,8 +140,9 @@ def reload_per_candidate(config, params_list: list[dict]) -> dict:
     times = []
     for params in params_list:
         start = time.perf_counter()
-        objectives = [make_objective(o.name, **o.params) for o in config.objectives]
-        ctx, profile, space = load_search(config, make_space(config.space), objectives, progress=False, use_cache=False)
+        study = Study.from_config(config)
+        objectives = study.objectives
+        ctx, profile, space = load_search(study, progress=False, use_cache=False)
         score_candidate(ctx, space.decode(params, profile), objectives)
         times.append(time.perf_counter() - start)
         del ctx

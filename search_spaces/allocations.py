@@ -43,6 +43,7 @@ from automl_prune.allocation.rules import (
 )
 from automl_prune.errors import UserError
 from automl_prune.pruning.levels import LayerLadder, default_step, exact_extras, ladder
+from automl_prune.pruning.methods import ALPHAPRUNING_SETTING, OWL_SETTING
 
 from .parts import ANY, Part, PartConfig, Range, rounded
 
@@ -140,7 +141,7 @@ class OWLSpace(AllocationPart):
     def named_points(self) -> dict[str, dict]:
         """OWL's own point (M 5, lambda 0.08), and uniform (lambda 0) when the lambda range holds it."""
         out = {}
-        for label, point in (("owl", {"M": 5.0, "lambda": 0.08}), ("uniform", {"M": ANY, "lambda": 0.0})):
+        for label, point in (("owl", dict(OWL_SETTING)), ("uniform", {"M": ANY, "lambda": 0.0})):
             p = self.representable(point)
             if p is not None:
                 out[label] = p
@@ -178,7 +179,7 @@ class AlphaSpace(AllocationPart):
                                 bounds=self.bounds)
 
     def named_points(self) -> dict[str, dict]:
-        p = self.representable({"eps": 0.3})
+        p = self.representable(dict(ALPHAPRUNING_SETTING))
         return {} if p is None else {"alphapruning": p}
 
     def canonical(self, params: dict) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -113,3 +114,73 @@ def profile(calibrated):
 
     model, stats, _ = calibrated
     return ModelProfile.build(model, stats, with_alphas=True)
+
+
+# ----- the search-space tests' fixtures over ``calibrated`` (helpers: space_helpers.py) ---------------------
+@pytest.fixture(scope="module")
+def prune(calibrated):
+    """plan -> {layer: pruned weight} on the calibrated tiny model (memoised by the plan's YAML)."""
+    from automl_prune.models.adapters import decoder_blocks, prunable_linears
+    from automl_prune.pruning.layer import prune_weight
+
+    model, stats, _ = calibrated
+    blocks = decoder_blocks(model)
+    memo: dict[str, dict] = {}
+
+    def run(plan):
+        key = json.dumps(plan.to_dict(), sort_keys=True)
+        if key not in memo:
+            memo[key] = {
+                f"{i}.{name}": prune_weight(lin.weight, stats[i].get(name), plan, plan.sparsity_for(i, name, len(blocks)))[0]
+                for i, block in enumerate(blocks) for name, lin in prunable_linears(block).items()
+            }
+        return memo[key]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def plan_scores(calibrated):
+    """plan -> [(scores, mask, ranking) per layer] of the first and last blocks of the calibrated
+    tiny model (memoised)."""
+    from space_helpers import BLOCKS
+
+    from automl_prune.metrics.kernel import default_group, score
+    from automl_prune.models.adapters import decoder_blocks, prunable_linears
+    from automl_prune.pruning.layer import metric_mask
+
+    model, stats, _ = calibrated
+    blocks = decoder_blocks(model)
+    memo: dict[str, list] = {}
+
+    def run(plan):
+        key = json.dumps(plan.to_dict(), sort_keys=True)
+        if key not in memo:
+            ranking = "nm" if plan.nm else (plan.group or default_group(plan.metric))
+            memo[key] = [
+                (score(plan.metric, lin.weight, stats[i].get(name)),
+                 metric_mask(lin.weight, stats[i].get(name), plan, plan.sparsity_for(i, name, len(blocks))), ranking)
+                for i, block in enumerate(blocks) if i in (0, BLOCKS - 1) for name, lin in prunable_linears(block).items()
+            ]
+        return memo[key]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def polished_front(tmp_path_factory, tiny_llama_dir, data_dir):
+    """A sparsity front on the tiny Llama polished at 0.4 and 0.6 (7 TPE trials each, scored by KL on
+    one probe window), searched once for the session: (config path, run folder). A test that runs it
+    again works on a copy of the folder."""
+    from study_configs import tiny_front_config
+
+    from automl_prune.search.config import load_config
+    from automl_prune.search.run import run_search
+
+    polish = {"points": [0.4, 0.6], "trials": 7, "front": 2, "n_startup_trials": 2,
+              "objective": {"name": "kl", "params": {"windows": 1}}}
+    tmp_path = tmp_path_factory.mktemp("polished")
+    path = tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish=polish)
+    out = tmp_path / "run"
+    run_search(load_config(path, {"budget.trials": 14}), out, progress=False)
+    return path, out

@@ -138,32 +138,21 @@ def test_objective_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
     assert -1 <= summary["objectives"]["kl"]["spearman"] <= 1
 
 
-def test_polish_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from study_configs import tiny_front_config
-
-    from automl_prune.search.config import load_config
-    from automl_prune.search.run import run_search
-
-    config = tiny_front_config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 6},
-                               final={"top": 0, "fidelity_sample": 0, "baselines": []},
-                               polish={"points": [0.5], "trials": 4, "objective": {"name": "kl", "params": {"windows": 1}}})
-    run_search(load_config(config), tmp_path / "run", progress=False, final=False)
-    assert not (tmp_path / "run" / "final.json").exists()
-    run_search(load_config(config), tmp_path / "run", progress=False)  # resumes; polishes; final
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "polish_fidelity.py"), "--run", str(tmp_path / "run"), "--point", "0.5",
+def test_polish_fidelity_smoke(polished_front, tmp_path):
+    _, run_folder = polished_front
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "polish_fidelity.py"), "--run", str(run_folder), "--point", "0.4",
            "--results-dir", str(tmp_path / "results")]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "results" / "polish_fidelity_0.5.json").read_text())
-    assert report["n"] == 4 and report["wanda"]["start"] == "wanda"
+    report = json.loads((tmp_path / "results" / "polish_fidelity_0.4.json").read_text())
+    assert report["n"] == 7 and report["wanda"]["start"] == "wanda"
     assert all(r["ppl"] > 1 for r in report["rows"]) and -1 <= report["spearman"] <= 1
     assert report["objective_best"]["objective"] == min(r["objective"] for r in report["rows"])
     # the polished plan of final.json is among the candidates, with the same held-out value (same plan, same windows)
-    final = json.loads((tmp_path / "run" / "final.json").read_text())
-    polished = next(r for r in final["rows"] if r["kind"] == "searched")
+    final = json.loads((run_folder / "final.json").read_text())
+    polished = next(r for r in final["rows"] if r["kind"] == "searched" and r["target"] == 0.4)
     assert any(abs(r["ppl"] - polished["ppl"]) < 1e-6 * polished["ppl"] for r in report["rows"])
-    bad = subprocess.run([*cmd[:-4], "--point", "0.6", "--results-dir", str(tmp_path / "results")], capture_output=True,
+    bad = subprocess.run([*cmd[:-4], "--point", "0.5", "--results-dir", str(tmp_path / "results")], capture_output=True,
                          text=True, timeout=900)
     assert bad.returncode != 0 and "does not polish" in bad.stderr
     # re-scoring on the polishing objective's own window reproduces the study's values; on 3 windows (the
@@ -171,10 +160,10 @@ def test_polish_fidelity_smoke(tiny_llama_dir, data_dir, tmp_path):
     for windows in (1, 3):
         again = subprocess.run([*cmd, "--rescore-windows", str(windows)], capture_output=True, text=True, timeout=900)
         assert again.returncode == 0, again.stderr[-3000:]
-        rescored = json.loads((tmp_path / "results" / "polish_fidelity_0.5.json").read_text())
+        rescored = json.loads((tmp_path / "results" / "polish_fidelity_0.4.json").read_text())
         assert [r["ppl"] for r in rescored["rows"]] == [r["ppl"] for r in report["rows"]]
         assert rescored["rescore_windows"] == windows and "rescored" in rescored["scores"]
         same = [r["rescored"] == pytest.approx(r["objective"], rel=1e-5) for r in rescored["rows"]]
         assert all(same) if windows == 1 else not any(same)
-    text = (tmp_path / "results" / "polish_fidelity_0.5.md").read_text()
+    text = (tmp_path / "results" / "polish_fidelity_0.4.md").read_text()
     assert "`kl` (1 probe windows)" in text and "`kl` on 3 probe windows" in text

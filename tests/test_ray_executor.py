@@ -85,29 +85,6 @@ def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_
            [[c["trial"] for c in st["candidates"]] for st in sel[1]["stages"]]
 
 
-def test_evolution_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_clean):
-    """The evolution searcher's generations farmed out to Ray actors, which swap candidates in from
-    the level database the driver built: the same children, values and parents as locally."""
-    from test_evolution import LEVELS_SPACE
-
-    over = dict(space=LEVELS_SPACE, objectives=[{"name": "kl", "params": {"topk": 64}}], budget={"trials": 6},
-                searcher={"name": "evolution", "seed": 0, "offspring": 4, "survivors": 1, "stage_tokens": 128},
-                final={"baselines": ["owl"], "top": 1, "fidelity_sample": 0})
-    path = _config(tmp_path, tiny_llama_dir, data_dir, **over)
-    local, on_ray = tmp_path / "local", tmp_path / "ray"
-    run_search(load_config(path), local, progress=False)
-    run_search(load_config(path, {"executor": "ray", "ray.max_concurrent_trials": 1}), on_ray, progress=False)
-    a, b = _trials(local), _trials(on_ray)
-    assert [t.params for t in a] == [t.params for t in b]
-    for ta, tb in zip(a, b):
-        assert tb.values == pytest.approx(ta.values, rel=1e-6)
-    children = [t for t in b if t.user_attrs.get("generation") is not None]
-    assert children and all(t.user_attrs.get("swapped") == "level database" and "ray_node_id" in t.user_attrs
-                            for t in children)
-    sel = [json.loads((o / "final.json").read_text())["selection"] for o in (local, on_ray)]
-    assert sel[0]["selected"] == sel[1]["selected"]
-
-
 def test_joint_plan_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_clean):
     """allocation_search on Ray: both phases' candidates on actors (the phase's actors swap from the
     database the driver built of the first phase's selected plan); the same trials and values."""
@@ -245,20 +222,3 @@ def test_interrupted_search_resumes_the_same_study(tmp_path, tiny_llama_dir, dat
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 10
     kept = {t.number: (t.params, t.values) for t in trials}
     assert all(kept[t.number] == (t.params, t.values) for t in before)
-
-
-def test_nsga3_front_on_ray(tmp_path, tiny_llama_dir, data_dir, ray_clean):
-    """Several objectives through Tune: OptunaSearch gets the lists of metrics and modes."""
-    path = _config(tmp_path, tiny_llama_dir, data_dir, executor="ray", budget={"trials": 8},
-                   space={"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
-                          "pattern": {"name": "sparsity", "low": 0.3, "high": 0.8}},
-                   objectives=[{"name": "layer_recon"}, {"name": "sparsity"}],
-                   searcher={"name": "nsga3", "seed": 0, "population": 4, "seed_named_points": False},
-                   final={"top": 2, "fidelity_sample": 0, "baselines": ["wanda"]},
-                   ray={"max_concurrent_trials": 2})
-    out = tmp_path / "run"
-    run_search(load_config(path), out, progress=False)
-    trials = _trials(out)
-    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
-    assert all(abs(t.values[1] - t.user_attrs["realised_sparsity"]) < 1e-9 for t in trials)
-    assert list((out / "pareto").glob("trial-*.yaml")) and (out / "pareto.png").exists()

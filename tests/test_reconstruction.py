@@ -339,7 +339,7 @@ def test_a_study_searches_the_weight_update(tmp_path, tiny_llama_dir, data_dir):
     from study_configs import tiny_study_config
 
     from automl_prune.search.config import load_config
-    from automl_prune.search.driver import storage_url, study_name
+    from automl_prune.search.storage import storage_url, study_name
     from automl_prune.search.run import run_search
 
     space = {"metric": {"name": "bawa"}, "pattern": {"name": "unstructured", "sparsity": 0.5},

@@ -1,5 +1,7 @@
-"""Whole searches on a tiny Llama with real text: outputs, seeding with known methods, resume,
-reproducibility, failed candidates, multi-objective fronts (Optuna NSGA-III, pymoo NSGA-III)."""
+"""Whole searches on a tiny Llama with real text: outputs, seeding with known methods, multi-objective
+fronts (Optuna NSGA-III, pymoo NSGA-III), polishing, reports, config refusals. What every searcher
+must do on every evaluator (seeded, resumable, a failed candidate fails its trial only) is
+test_searcher_contract.py."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from automl_prune.errors import UserError
 from automl_prune.search.config import load_config
 from automl_prune.search.polish import front_starts
 from automl_prune.search.run import run_search
-from objectives.base import Objective, register
 from study_configs import tiny_front_config, tiny_study_config
 
 
@@ -42,46 +43,6 @@ def test_tpe_search_outputs_and_known_methods_first(tmp_path, tiny_llama_dir, da
     assert "Held-out comparison" in text and "wanda" in text and "Spearman" in text
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 10
-
-
-def test_resume_keeps_finished_trials_and_is_reproducible(tmp_path, tiny_llama_dir, data_dir):
-    path = _config(tmp_path, tiny_llama_dir, data_dir, final={"top": 0, "fidelity_sample": 0, "baselines": []})
-    out = tmp_path / "run"
-    run_search(load_config(path, {"budget.trials": 6}), out, progress=False, final=False)
-    first = [(t.number, t.params, t.values) for t in _study(out).get_trials()]
-    run_search(load_config(path, {"budget.trials": 9}), out, progress=False, final=False)
-    again = _study(out).get_trials()
-    assert len(again) == 9
-    assert [(t.number, t.params, t.values) for t in again[:6]] == first
-    # a fresh study with the same seed gives the same trials
-    other = tmp_path / "other"
-    run_search(load_config(path, {"budget.trials": 6}), other, progress=False, final=False)
-    assert [(t.params, t.values) for t in _study(other).get_trials()] == [(p, v) for _, p, v in first]
-
-
-@register
-class _Flaky(Objective):
-    """A test objective that fails on every second candidate it scores (its own count: a study
-    makes its own objective, so the order tests run in does not matter)."""
-
-    name = "test_flaky"
-
-    def __call__(self, ctx, result, report=None):
-        self.calls = getattr(self, "calls", 0) + 1
-        if self.calls % 2 == 0:
-            raise FloatingPointError("synthetic failure")
-        return float(self.calls)
-
-
-def test_a_failing_candidate_fails_its_trial_not_the_study(tmp_path, tiny_llama_dir, data_dir):
-    path = _config(tmp_path, tiny_llama_dir, data_dir, objectives=[{"name": "test_flaky"}],
-                   searcher={"name": "random", "seed": 0}, final={"top": 0, "fidelity_sample": 0, "baselines": []})
-    out = tmp_path / "run"
-    run_search(load_config(path, {"budget.trials": 8}), out, progress=False, final=False)
-    states = [t.state for t in _study(out).get_trials()]
-    assert len(states) == 8 and TrialState.FAIL in states and TrialState.COMPLETE in states
-    failed = [t for t in _study(out).get_trials() if t.state == TrialState.FAIL]
-    assert all("synthetic failure" in t.user_attrs["error"] for t in failed)
 
 
 @pytest.mark.parametrize("searcher", ["nsga3", "pymoo-nsga3"])
@@ -122,6 +83,9 @@ def test_sparsity_front_with_nsga3(tmp_path, tiny_llama_dir, data_dir, searcher)
     ({"space": {"metric": {"name": "no-such-space"}}}, "metric"),
     ({"objectives": [{"name": "no-such-objective"}]}, "no-such-objective"),
     ({"searcher": {"name": "cmaes"}}, "searcher.name"),
+    ({"searcher": {"name": "tpe", "population": 8}}, "'population' is a setting of nsga3, pymoo-nsga3, not of tpe"),
+    ({"searcher": {"name": "evolution", "n_startup_trials": 4}}, "'n_startup_trials' is a setting of tpe"),
+    ({"ray": {"storage_path": "/shared/ray"}}, "storage_path is no longer used"),
     ({"budget": {"trials": "many"}}, "budget.trials"),
     ({"space": {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"}, "pattern": {"name": "unstructured", "sparsity": 1.4}}}, "sparsity"),
     ({"calibration": {"nsamples": -3}}, "calibration.nsamples"),
@@ -158,7 +122,7 @@ def test_allocation_search_compares_with_owl_and_plots_layerwise(tmp_path, tiny_
 
 
 def test_report_names_the_searcher_settings_that_apply():
-    from automl_prune.search.report import searcher_text
+    from automl_prune.search.searcher_configs import summary as searcher_text
 
     tpe = {"name": "tpe", "seed": 0, "population": 20, "n_startup_trials": 10, "seed_named_points": True}
     assert searcher_text(tpe) == "tpe (seed 0, n startup trials 10)"
@@ -166,12 +130,24 @@ def test_report_names_the_searcher_settings_that_apply():
     assert "not seeded" in searcher_text({**tpe, "seed_named_points": False})
 
 
-def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir):
-    polish = {"points": [0.4, 0.6], "trials": 7, "front": 2, "n_startup_trials": 2,
-              "objective": {"name": "kl", "params": {"windows": 1}}}
-    path = tiny_front_config(tmp_path, tiny_llama_dir, data_dir, polish=polish)
-    out = tmp_path / "run"
-    report = run_search(load_config(path, {"budget.trials": 14}), out, progress=False)
+STAGED = {"budget.trials": 14, "polish.selection": {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}],
+                                                   "candidates": 2, "seqlen": 64}}
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_polishing_a_sparsity_front_per_point(polished_front):
+    import json
+
+    from automl_prune.pruning.plan import PruningPlan
+    from automl_prune.search.results import change_vs_baseline
+
+    path, out = polished_front
     storage = f"sqlite:///{out / 'study.db'}"
     front = _study(out)
     for point in (0.4, 0.6):
@@ -194,8 +170,6 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
             assert {k: v for k, v in source.params.items() if k != "pattern.sparsity"} == t.params
         wanda = next(t for t in trials if t.user_attrs.get("named_point") == "wanda")
         assert study.best_value <= wanda.value
-    import json
-
     final = json.loads((out / "final.json").read_text())
     searched = {r["name"]: r for r in final["rows"] if r["kind"] == "searched"}
     assert set(searched) == {"polished 0.4", "polished 0.6"}
@@ -203,32 +177,39 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
         base = [b for b in final["rows"] if b["kind"] == "baseline" and b["target"] == r["target"]]
         assert [b["name"] for b in base] == ["wanda"] and r["ppl"] > 1 and len(r["values"]) == 2
     assert [p["point"] for p in final["polish"]] == [0.4, 0.6]
-    text = report.read_text()
+    text = (out / "report.md").read_text()
     assert "### Polishing" in text and "**polished 0.4**" in text and "Polishing (2 target sparsities)" in text
-    from automl_prune.pruning.plan import PruningPlan
-
-    from automl_prune.search.report import change_vs_baseline
-
     changes = change_vs_baseline(final)
     assert [t for t, _ in changes] == [0.4, 0.6]
     wanda04 = next(b["ppl"] for b in final["rows"] if b["kind"] == "baseline" and b["target"] == 0.4)
     assert changes[0][1] == pytest.approx(100 * (searched["polished 0.4"]["ppl"] / wanda04 - 1))
     saved = PruningPlan.load(out / "polished" / "sparsity-0.4.yaml")
     assert saved.to_dict() == {**searched["polished 0.4"]["plan"], **load_config(path).plan_origin()}  # + where it came from
-    # a re-run resumes: no new trial, the same polished plans
-    before = {p["point"]: p["best"]["trial"] for p in final["polish"]}
-    run_search(load_config(path, {"budget.trials": 14}), out, progress=False)
+
+
+def test_a_polished_front_resumes_and_refuses_another_objective(polished_front, tmp_path):
+    import json
+
+    path, run = polished_front
+    out = _copy(run, tmp_path)
+    before = {p["point"]: p["best"]["trial"] for p in json.loads((out / "final.json").read_text())["polish"]}
+    run_search(load_config(path, {"budget.trials": 14}), out, progress=False)  # no new trial, the same polished plans
     again = json.loads((out / "final.json").read_text())
     assert {p["point"]: p["best"]["trial"] for p in again["polish"]} == before
     assert all(p["new_trials"] == 0 for p in again["polish"])
     with pytest.raises(UserError, match="polishing study"):  # another polishing objective: not mixed in
         run_search(load_config(path, {"budget.trials": 14, "polish.objective": {"name": "kl", "params": {"windows": 2}}}),
                    out, progress=False)
-    # polish.selection: the point's best 2 distinct candidates and the named points selected in stages on fresh
-    # tokens (the study's selection mechanism), the last stage's best chosen; nothing re-searched
-    staged = {"budget.trials": 14, "polish.selection": {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}],
-                                                       "candidates": 2, "seqlen": 64}}
-    run_search(load_config(path, staged), out, progress=False)
+
+
+def test_polish_selection_chooses_each_point_in_stages_and_keeps_the_stage_values(polished_front, tmp_path):
+    """polish.selection: the point's best 2 distinct candidates and the named points selected in stages on
+    fresh tokens (the study's selection mechanism), the last stage's best chosen; nothing re-searched."""
+    import json
+
+    path, run = polished_front
+    out = _copy(run, tmp_path)
+    run_search(load_config(path, STAGED), out, progress=False)
     selected = json.loads((out / "final.json").read_text())
     for p in selected["polish"]:
         first, last = p["selection"]["stages"]
@@ -237,18 +218,18 @@ def test_polishing_a_sparsity_front_per_point(tmp_path, tiny_llama_dir, data_dir
         assert p["best"]["trial"] == p["selection"]["selected"] == last["candidates"][0]["trial"]
     assert "last stage: selected" in (out / "report.md").read_text()
     # the stage values are kept in the point's study: a re-run reads them instead of scoring again
-    study = optuna.load_study(study_name="automl-prune-polish-0.4", storage=storage)
+    study = optuna.load_study(study_name="automl-prune-polish-0.4", storage=f"sqlite:///{out / 'study.db'}")
     kept = study.user_attrs["selection"]
     wanda_trial = next(c["trial"] for c in selected["polish"][0]["selection"]["stages"][0]["candidates"]
                        if c["named_point"] == "wanda")
     for st in kept["stages"]:  # Wanda best in every stage, as if measured so: no stage scores anything again
         st["values"][str(wanda_trial)] = -1.0
     study.set_user_attr("selection", kept)
-    run_search(load_config(path, staged), out, progress=False)
+    run_search(load_config(path, STAGED), out, progress=False)
     reread = json.loads((out / "final.json").read_text())
     assert reread["polish"][0]["best"]["trial"] == wanda_trial and reread["polish"][0]["best"]["named_point"] == "wanda"
     assert reread["polish"][1]["best"]["trial"] == selected["polish"][1]["best"]["trial"]
-    meta = json.loads((out / "meta.json").read_text())  # polishing time adds up over the four runs
+    meta = json.loads((out / "meta.json").read_text())  # polishing time adds up over the runs
     assert meta["polish_seconds_total"] > meta["polish_seconds"] > 0
     assert f"{meta['polish_seconds_total']:.0f} s over every run" in (out / "report.md").read_text()
 
@@ -285,33 +266,16 @@ def test_objectives_read_no_more_probe_windows_than_the_probe_has(tmp_path, tiny
     assert load_config(_config(tmp_path, tiny_llama_dir, data_dir, objectives=[{"name": "kl", "params": {"windows": 2}}]))
 
 
-@pytest.mark.parametrize("name", ["tpe", "nsga3", "random", "pymoo-nsga3"])
-def test_every_searchers_sampler_pickles_and_keeps_sampling(name, tmp_path):
-    """Ray Tune pickles the sampler with the Tuner's state (Optuna 5.1's NSGA-III holds a lock)."""
-    import pickle
-
-    from automl_prune.search.config import StudyConfig
-    from automl_prune.search.driver import make_sampler
-
-    config = StudyConfig.model_validate({"searcher": {"name": name, "seed": 3},
-                                         "space": {"metric": {"name": "bawa"}, "pattern": {"name": "unstructured", "sparsity": 0.5}}})
-    sampler = pickle.loads(pickle.dumps(make_sampler(config)))
-    directions = ["minimize", "minimize"] if "nsga3" in name else ["minimize"]
-    study = optuna.create_study(directions=directions, sampler=sampler)
-    study.optimize(lambda t: [t.suggest_float("x", 0, 1)] * len(directions), n_trials=6)
-    assert len(study.trials) == 6
-    pickle.loads(pickle.dumps(study.sampler))  # after use too
-
-
 def test_report_says_when_the_timeout_cut_the_budget_and_reads_history_on_a_log_axis():
-    from automl_prune.search.report import budget_lines, history_scale
+    from automl_prune.search.plots import history_scale
+    from automl_prune.search.report import budget_lines
 
     cut = " ".join(budget_lines({"budget": {"trials": 80, "timeout": 360.0}, "stopped_by": "timeout", "finished_trials": 62}))
     assert "timeout (360 s) after 62 of 80 trials" in cut and "Run the same command again" in cut
     assert "spent" in " ".join(budget_lines({"budget": {"trials": 80}, "stopped_by": "trials", "finished_trials": 80}))
     assert history_scale([1.2, 1.3, 400.0]) == "log" and history_scale([1.2, 1.3, 1.5]) == "linear"
     assert history_scale([-1.0, 2.0]) == "linear"
-    from automl_prune.search.report import clipped_view
+    from automl_prune.search.plots import clipped_view
 
     low, top = clipped_view([1.50 + 0.01 * i for i in range(18)] + [2.9, 4.3])  # two outliers far above the band
     assert 1.4 < low < 1.5 and 1.6 < top < 1.9
@@ -337,3 +301,16 @@ def test_every_shipped_config_is_valid(path):
     evolution and allocation-phase checks) that runs before a model is loaded."""
     config = load_config(path)
     assert config.objectives and config.budget.trials or config.budget.timeout
+
+
+def test_a_config_of_an_older_study_with_the_flat_searcher_settings_still_loads_and_resumes():
+    """Studies written before each searcher had its own settings stored every setting for every
+    searcher (at its default): their config.yaml loads, and the fingerprint keeps that flat form."""
+    from automl_prune.search.config import StudyConfig
+    from automl_prune.search.fingerprint import study_fingerprint
+    from automl_prune.search.searcher_configs import FLAT_DEFAULTS
+
+    flat = {**FLAT_DEFAULTS, "name": "nsga3", "population": 8}
+    config = StudyConfig.model_validate({"searcher": flat})
+    assert config.searcher.model_dump() == {"name": "nsga3", "seed": 0, "seed_named_points": True, "population": 8}
+    assert study_fingerprint(config)["searcher"] == flat

@@ -116,9 +116,6 @@ class BlockRunner:
         self.calls = record_block_calls(self.model, self.blocks, self.input_ids[:1].to(self.device))
         self.hidden = embed_windows(self.model, self.blocks[0], self.input_ids, self.batch_size, self.device)
 
-    def batch_sizes(self) -> list[int]:
-        return [h.shape[0] for h in self.hidden]
-
     @torch.no_grad()
     def run(self, index: int, *, keep_outputs: bool = True) -> None:
         """Run block ``index`` on every batch; if ``keep_outputs`` its outputs become the next inputs."""

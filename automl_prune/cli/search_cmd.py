@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..search.report import rebuild  # deferred: as in run()
+    from ..search.outputs import rebuild  # deferred: as in run()
 
     folder = Path(args.dir)
     if not (folder / "config.yaml").exists():

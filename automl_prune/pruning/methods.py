@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..allocation.rules import DEFAULT_BOUNDS, alpha_sparsities, owl_sparsities
 from ..errors import UserError
+from ..metrics.kernel import default_group
 from .plan import PruningPlan
 
 #: method name -> plan fields (metric and weight update); sparsity and pattern come from the user
@@ -21,9 +23,12 @@ METHODS: dict[str, dict] = {
     "dsnot": {"metric": {"name": "wanda"}, "refine": "dsnot"},
 }
 
-#: allocation baselines: Wanda scores with a layerwise allocation at the papers' settings (OWL M = 5,
-#: lambda = 0.08; AlphaPruning eps = 0.3): name -> (allocation space, its named point)
-ALLOCATION_BASELINES: dict[str, tuple[str, str]] = {"owl": ("owl", "wanda+owl"), "alphapruning": ("alpha", "wanda+alphapruning")}
+#: the allocations' settings in their papers: OWL (M = 5, lambda = 0.08), AlphaPruning (eps = 0.3); the
+#: allocation spaces' named points and the allocation baselines below both read them
+OWL_SETTING = {"M": 5.0, "lambda": 0.08}
+ALPHAPRUNING_SETTING = {"eps": 0.3}
+#: allocation baselines: Wanda scores with a layerwise allocation at its paper's setting
+ALLOCATION_BASELINES: dict[str, str] = {"owl": "owl", "alphapruning": "alpha"}
 #: every name a study's final comparison accepts as a baseline
 BASELINES = (*METHODS, *ALLOCATION_BASELINES)
 
@@ -49,3 +54,20 @@ def plan_for_method(
         if value is not None:
             fields[key] = value
     return PruningPlan.from_dict(fields, source=f"method {method}")
+
+
+def allocation_baseline_plan(method: str, sparsity: float, profile, block_alphas=None) -> PruningPlan:
+    """Wanda at ``sparsity`` with the per-block allocation of ``method`` (``owl`` or ``alphapruning``)
+    at its paper's setting, from the model's allocation ``profile`` (``block_alphas``: the blocks'
+    spectral exponents when the profile has none)."""
+    weights = profile.block_params
+    if ALLOCATION_BASELINES.get(method) == "owl":
+        ratios = profile.outlier_ratios(OWL_SETTING["M"])
+        blocks = owl_sparsities(ratios, weights, sparsity, OWL_SETTING["lambda"], bounds=DEFAULT_BOUNDS)
+    elif ALLOCATION_BASELINES.get(method) == "alpha":
+        alphas = profile.block_alphas() if block_alphas is None else block_alphas
+        blocks = alpha_sparsities(alphas, weights, sparsity, ALPHAPRUNING_SETTING["eps"], bounds=DEFAULT_BOUNDS)
+    else:
+        raise UserError(f"unknown allocation baseline {method!r}; choose one of {', '.join(ALLOCATION_BASELINES)}")
+    plan = plan_for_method("wanda", sparsity=blocks)
+    return plan.with_fields(group=default_group(plan.metric))  # stated, as the spaces' plans state it

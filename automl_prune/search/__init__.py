@@ -1,1 +1,1 @@
-"""Search drivers: the loaded candidate context, searchers (Optuna, pymoo), studies, reports."""
+"""The search: a Study built once from its config (study.py), searchers that ask batches of trials and are told their outcomes (searcher.py, searchers.py), evaluators that score them here or on Ray (evaluators.py, ray_executor.py), one loop (loop.py), then selection, polishing, the final comparison and the folder's outputs."""

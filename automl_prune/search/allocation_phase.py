@@ -16,20 +16,17 @@ study whose first phase selects another plan on a re-run refuses to continue the
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
-
-from objectives import make_objective
-from search_spaces import make_space
+from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..metrics.kernel import default_group
 from ..pruning.plan import PruningPlan
-from .driver import SearchState, open_study, remember_finished
-from .evolution import ATTR, evolution_loop, selection_record
+from .loop import run_searcher
+from .state import SearchState, remember_finished
 from .storage import fail_orphans, study_name
+from .study import Study
 
 log = logging.getLogger(__name__)
 START = "selected"  # the named point of the phase's first trial
@@ -67,21 +64,18 @@ def start_params(trial: FrozenTrial, space) -> dict:
     return {**keep, **{k: 0 for k in levels}}
 
 
-def run_allocation_phase(state: SearchState, selected: FrozenTrial, out: Path, *,
-                         progress: bool = True) -> tuple[SearchState, dict | None]:
+def run_allocation_phase(state: SearchState, selected: FrozenTrial, url: str) -> tuple[SearchState, dict | None]:
     """Evolve the allocation of ``selected`` (a trial of the first phase); returns the phase's state
     (its study, space and objective) and its selection record (the last parent, the fast best)."""
-
-
     plan = PruningPlan.from_dict(selected.user_attrs["plan"])
     config = phase_config(state.config, plan.group or default_group(plan.metric))
-    space = make_space(config.space).bind(state.profile)
-    objectives = state.objectives
-    if config.objectives[0] != state.config.objectives[0]:
-        objectives = [make_objective(o.name, **o.params) for o in config.objectives]
-        for objective in objectives:
+    same = config.objectives[0] == state.config.objectives[0]
+    phase = Study.from_config(config, url=url, objectives=state.objectives if same else None)
+    space = phase.space.bind(state.profile)
+    if not same:
+        for objective in phase.objectives:
             objective.prepare(state.ctx)
-    study = open_study(config, out, objectives)
+    study = phase.open()
     orphans = fail_orphans(study)  # a killed run's children: failed and queued again, as the first phase's
     if orphans:
         log.warning("allocation phase: trials %s were left running by a driver that stopped: marked failed, queued again",
@@ -95,24 +89,18 @@ def run_allocation_phase(state: SearchState, selected: FrozenTrial, out: Path, *
         was = (study.user_attrs.get("start") or {}).get("trial")
         raise UserError(f"the allocation phase (study {config.study_name!r}) started from trial {was}, but the first phase "
                         f"now selects trial {selected.number}; use another --out folder or study_name")
-    sub = SearchState(config=config, study=study, space=space, profile=state.profile, objectives=objectives, ctx=state.ctx)
+    sub = SearchState(config=config, study=study, space=space, profile=state.profile, objectives=phase.objectives,
+                      ctx=state.ctx, progress=state.progress)
     remember_finished(study, sub.memo)
     log.info("allocation phase: evolution of trial %d's allocation (%s), study %r, budget %s trials / %s s",
              selected.number, config.space["allocation"].get("base", "uniform"), config.study_name, config.budget.trials,
              config.budget.timeout)
-    if config.executor == "ray":  # children farmed out to Ray actors, as the first phase's were
-        from .ray_executor import ray_loop  # deferred: Ray (about 1 s to import) loads only for executor: ray
-
-        sub.new_trials = ray_loop(sub, out, progress=progress)
-    else:
-        evolution_loop(sub, out, progress=progress)
-    return sub, selection_record(sub, study.user_attrs.get(ATTR) or {})
+    searcher = run_searcher(sub, url=url)  # on Ray the children go to the workers, as the first phase's did
+    return sub, searcher.chosen()
 
 
 def selected_trial(study: optuna.Study, selection: dict | None, sign: float) -> FrozenTrial:
     """The first phase's plan: the one its selection chose, else its fast objective's best."""
-    from optuna.trial import TrialState
-
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     if not done:
         raise UserError("the allocation phase needs a completed trial of the first phase; none completed (see the log)")

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..evaluation.zeroshot import parse_tasks
 from ..pruning.methods import BASELINES
 from ..pruning.plan import AdmmOptions, DsnotOptions, Refine, Update
+from .searcher_configs import EvolutionConfig, SearcherConfig, TPEConfig, own_settings
 
 
 class _Strict(BaseModel):
@@ -53,20 +54,6 @@ class ObjectiveConfig(_Strict):
     name: str
     direction: Literal["minimize", "maximize"] | None = None  # None: the objective's own
     params: dict[str, Any] = {}
-
-
-class SearcherConfig(_Strict):
-    name: Literal["tpe", "nsga3", "pymoo-nsga3", "random", "evolution"] = "tpe"
-    seed: int = 0
-    population: int = Field(20, ge=2)
-    n_startup_trials: int = Field(10, ge=0)
-    # evolution (search/evolution.py): children per generation, how many of them (with the parent)
-    # the second stage scores again, and its fresh tokens (null: no second stage)
-    offspring: int = Field(16, ge=1)
-    survivors: int = Field(2, ge=1)
-    stage_tokens: int | None = Field(4096, ge=1)
-    stage_pool: int = Field(8, ge=1)  # fresh minibatches of stage_tokens the generations draw from
-    seed_named_points: bool = True  # evaluate the known methods first (Optuna enqueue_trial)
 
 
 class BudgetConfig(_Strict):
@@ -204,7 +191,7 @@ class AllocationSearchConfig(_Strict):
     survivors only, allocation x update by the database: the joint plan in one study."""
 
     allocation: dict[str, Any] = {"name": "levels", "levels": 5, "base": "owl", "M": 5, "lambda": 0.08}
-    searcher: SearcherConfig = SearcherConfig(name="evolution", offspring=16, survivors=3, stage_tokens=2048, stage_pool=16)
+    searcher: SearcherConfig = EvolutionConfig(offspring=16, survivors=3, stage_tokens=2048, stage_pool=16)
     objective: ObjectiveConfig | None = None  # the evolution's fitness; None: the study's objective
     budget: BudgetConfig = BudgetConfig(trials=3000, timeout=2700)
 
@@ -215,6 +202,11 @@ class AllocationSearchConfig(_Strict):
             raise ValueError("the allocation phase searches per-layer levels: give {name: levels, levels: 5, base: owl}")
         return v
 
+    @field_validator("searcher", mode="before")
+    @classmethod
+    def _own_settings(cls, v):
+        return own_settings(v)
+
     @field_validator("searcher")
     @classmethod
     def _evolution(cls, v: SearcherConfig) -> SearcherConfig:
@@ -224,15 +216,24 @@ class AllocationSearchConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    """The Ray Tune executor: where to run and what each trial asks for."""
+    """The Ray executor: where to run, how many workers, and what each worker asks for."""
 
     address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance is started
     cpus_per_trial: float = Field(1.0, ge=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractional for small models (several trials per GPU)
     resources: dict[str, float] = {}  # custom Ray resources per trial, e.g. {"big_node": 1}
     max_concurrent_trials: int = Field(1, ge=1)
-    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died
-    storage_path: str | None = None  # Ray run folder; default <out>/ray (shared storage for multi-node)
+    max_failures: int = Field(2, ge=0)  # restarts of a worker that died (its candidates are retried)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_run_folder(cls, v):
+        if isinstance(v, dict) and "storage_path" in v:
+            if v["storage_path"] is not None:
+                raise ValueError("storage_path is no longer used: trials live in the study's Optuna storage (storage:), "
+                                 "which a re-run resumes; remove it")
+            v = {k: x for k, x in v.items() if k != "storage_path"}
+        return v
 
 
 class StudyConfig(_Strict):
@@ -250,7 +251,7 @@ class StudyConfig(_Strict):
     space: dict[str, Any] = {"metric": {"name": "bawa"}, "allocation": {"name": "uniform"},
                              "pattern": {"name": "unstructured", "sparsity": 0.5}}
     objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="layer_recon")]
-    searcher: SearcherConfig = SearcherConfig()
+    searcher: SearcherConfig = TPEConfig()
     budget: BudgetConfig = BudgetConfig()
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = RayConfig()
@@ -274,6 +275,11 @@ class StudyConfig(_Strict):
         recon = self.selection.reconstruction if self.selection is not None else None
         return recon.plan_fields() if recon is not None else {}
 
+    @field_validator("searcher", mode="before")
+    @classmethod
+    def _own_settings(cls, v):
+        return own_settings(v)
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
@@ -288,7 +294,7 @@ class StudyConfig(_Strict):
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "config"
-    return f"field '{where}': {err['msg']}"
+    return f"field '{where}': {err['msg'].removeprefix('Value error, ')}"
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> StudyConfig:

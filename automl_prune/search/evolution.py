@@ -31,10 +31,8 @@ import json
 import logging
 import random
 import time
-from pathlib import Path
-from typing import Callable
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from objectives import make_objective
 
@@ -44,8 +42,9 @@ from ..models.gguf_cache import default_cache_dir
 from ..pruning.database import LevelDatabase, database_key, key_digest
 from ..pruning.plan import PruningPlan
 from .config import StudyConfig, selection_seqlen
-from .driver import SearchState, _bar, _tick, first_sign, tell_outcome
-from .evaluate import Outcome, evaluate_params
+from .searcher import Batches, GenerationSearcher
+from .results import SelectionRecord
+from .state import SearchState
 from .selection import SELECTED, fresh_stage_windows, score_stage
 
 log = logging.getLogger(__name__)
@@ -147,47 +146,33 @@ class _Stage:
         return [values[i] for i in range(len(plans))]
 
 
-def evolution_loop(state: SearchState, out: Path, progress: bool = True,
-                   evaluate: Callable[[list[dict]], list[Outcome]] | None = None) -> None:
-    """Run generations until the budget is spent (the record stays in the study: selection_record)."""
-    config, study, space = state.config, state.study, state.space
-    s = config.searcher
-    sign = first_sign(config, state.objectives)
-    dists = space.distributions()
-    level_keys = [k for k in dists if k.startswith(space.allocation.prefix + "level.")]
-    bounds = {k: (dists[k].low, dists[k].high) for k in level_keys}
-    evaluate = evaluate or (lambda ps: [evaluate_params(p, space=space, profile=state.profile, ctx=state.ctx,
-                                                        objectives=state.objectives, memo=state.memo) for p in ps])
-    bar = _bar(state, progress)
+class EvolutionSearcher(GenerationSearcher):
+    """The generations, until the budget is spent (the record stays in the study: selection_record).
+    On Ray the children are scored by the workers (each opens the database the driver built); the
+    second stage runs in the driver."""
 
-    def run(params_list: list[dict], attrs: dict) -> list[FrozenTrial]:
-        asked = []
-        for p in params_list:
-            study.enqueue_trial(p, user_attrs=attrs, skip_if_exists=False)
-            asked.append(study.ask(dists))
-        for trial, outcome in zip(asked, evaluate([t.params for t in asked])):
-            tell_outcome(study, trial, outcome)
-            state.new_trials += 1
-            _tick(bar, state)
-        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-        return [by_number[t.number] for t in asked]
+    def chosen(self) -> SelectionRecord | None:
+        return selection_record(self.state, self.study.user_attrs.get(ATTR) or {})
 
-    if not study.trials:  # no named point in this space (e.g. Wanda's score over the whole matrix): the base
-        others = sorted(set(dists) - set(level_keys))
-        if others:
-            raise UserError(f"evolution: the space has no named start point and searches {', '.join(others)} besides the "
-                            "levels; fix those parameters (one choice each): the evolution mutates the allocation only")
-        study.enqueue_trial({k: 0 for k in level_keys}, user_attrs={"named_point": space.allocation.base_label})
-    def score_waiting() -> None:
-        for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial = study.ask(dists)
-            tell_outcome(study, trial, evaluate([trial.params])[0])
-            state.new_trials += 1
-            _tick(bar, state)
+    def batches(self) -> Batches:
+        state, study, space = self.state, self.study, self.state.space
+        config = state.config
+        s = config.searcher
+        sign = state.sign
+        level_keys = [k for k in self.dists if k.startswith(space.allocation.prefix + "level.")]
+        bounds = {k: (self.dists[k].low, self.dists[k].high) for k in level_keys}
 
-    try:
+        def waiting() -> list:
+            return [study.ask(self.dists) for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+
+        if not study.trials:  # no named point in this space (e.g. Wanda's score over the whole matrix): the base
+            others = sorted(set(self.dists) - set(level_keys))
+            if others:
+                raise UserError(f"evolution: the space has no named start point and searches {', '.join(others)} besides "
+                                "the levels; fix those parameters (one choice each): the evolution mutates the allocation only")
+            study.enqueue_trial({k: 0 for k in level_keys}, user_attrs={"named_point": space.allocation.base_label})
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            score_waiting()  # the named points first (a resumed study's retried children wait for the database)
+            yield waiting()  # the named points first (a resumed study's retried children wait for the database)
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         if not done:
             raise UserError("evolution: no start point could be scored (every named point failed); see the log")
@@ -204,12 +189,12 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
         start_plan = PruningPlan.from_dict(parent.user_attrs["plan"])
         if state.ctx.levels is None:
             built = time.perf_counter()
-            attach_database(state.ctx, space, start_plan, config.cache_dir, progress=progress)
+            attach_database(state.ctx, space, start_plan, config.cache_dir, progress=state.progress)
             state.database_seconds = round(time.perf_counter() - built, 1)
             state.started += state.database_seconds  # budget.timeout counts the search, not the database build
             log.info("level database ready in %.0f s; the search's %s s start now", state.database_seconds,
                      config.budget.timeout)
-        score_waiting()  # children a killed run left running, queued again: swapped in from the database
+        yield waiting()  # children a killed run left running, queued again: swapped in from the database
         stage = _Stage(state) if s.stage_tokens else None
         if stage is not None:
             record["stage_pool_sha256"] = stage.pool.info["windows_sha256"]
@@ -239,7 +224,7 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
                 log.info("evolution: no new child of trial %d could be drawn; stopping", parent.number)
                 break
             scored = [mine[k] for k, _ in children if k in mine]
-            scored += run([c for k, c in children if k not in mine], {"generation": g})
+            scored += yield [self.queued(c, {"generation": g}) for k, c in children if k not in mine]
             ok = sorted((t for t in scored if t.state == TrialState.COMPLETE), key=lambda t: (sign * t.values[0], t.number))
             finalists = ok[:s.survivors] + [parent]
             if stage is not None:
@@ -255,16 +240,12 @@ def evolution_loop(state: SearchState, out: Path, progress: bool = True,
             log.info("evolution: generation %d, %d children, parent trial %d (fast %.6g%s)", g + 1, len(children),
                      parent.number, parent.values[0],
                      f", stage {record['stage'][str(g)].get(str(parent.number)) or float('nan'):.6g}" if stage is not None else "")
-    finally:
-        if bar is not None:
-            bar.close()
-    state.ctx.restore()
 
 
-def selection_record(state: SearchState, record: dict) -> dict | None:
+def selection_record(state: SearchState, record: dict) -> SelectionRecord | None:
     """The evolution's choice in the shape of a selection result (final comparison, report)."""
     study = state.study
-    sign = first_sign(state.config, state.objectives)
+    sign = state.sign
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     if not done or not record.get("parents"):
         return None

@@ -9,7 +9,6 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import spearmanr
 
-from search_spaces import make_space
 
 from ..allocation.profile import layer_alphas
 from ..candidate_context import CandidateContext
@@ -17,10 +16,11 @@ from ..evaluation.perplexity import perplexity
 from ..evaluation.zeroshot import ZeroShotSuite
 from ..models.adapters import needs_bos
 from ..progress import progress_bar
-from ..pruning.methods import ALLOCATION_BASELINES, plan_for_method
+from ..pruning.methods import ALLOCATION_BASELINES, allocation_baseline_plan, plan_for_method
 from ..pruning.plan import PruningPlan
 from .candidate import mask_hash, score_candidate
-from .driver import SearchState, first_sign
+from .results import FinalResult, PolishResult, ResultRow, SelectionRecord
+from .state import SearchState
 from .selection import study_plan
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def chosen_trials(state: SearchState) -> list[FrozenTrial]:
     if not done or top == 0:
         return []
     if state.n_objectives == 1:
-        sign = first_sign(state.config, state.objectives)
+        sign = state.sign
         out, seen = [], set()
         for t in sorted(done, key=lambda t: sign * t.values[0]):
             key = t.user_attrs.get("mask_hash") or t.user_attrs.get("canonical_key")
@@ -77,21 +77,16 @@ def _target(plan: PruningPlan, realised: float) -> tuple[float | None, str]:
 
 
 def baseline_plan(method: str, sparsity: float | None, pattern: str, state: SearchState) -> PruningPlan:
-    """The plan of a named baseline at a target: a named method, or Wanda with the OWL
-    (M = 5, lambda = 0.08) or AlphaPruning (eps = 0.3) allocation of this model."""
+    """The plan of a named baseline at a target: a named method, or Wanda with the OWL or
+    AlphaPruning allocation of this model at its paper's setting (pruning/methods.py)."""
     if method not in ALLOCATION_BASELINES:
         return plan_for_method(method, sparsity=sparsity, pattern=pattern)
     if sparsity is None:
         raise ValueError(f"baseline {method} allocates unstructured sparsity; it does not apply to {pattern}")
-
-    allocation, label = ALLOCATION_BASELINES[method]
-    space = make_space({"metric": {"name": "bawa"}, "allocation": {"name": allocation},
-                        "pattern": {"name": "unstructured", "sparsity": sparsity}})
-    profile = state.profile
-    if allocation == "alpha" and not profile.has_alphas:
-        profile.layer_alphas, info = layer_alphas(state.ctx.blocks)
-        profile.info.update(info)
-    return space.decode(space.named_points()[label], profile)
+    profile, alphas = state.profile, None
+    if ALLOCATION_BASELINES[method] == "alpha" and not profile.has_alphas:  # the search's profile did not need them
+        alphas = np.array([float(np.mean(a)) for a in layer_alphas(state.ctx.blocks)[0]])
+    return allocation_baseline_plan(method, sparsity, profile, alphas)
 
 
 def selection_trials(state: SearchState, selection: dict) -> list[tuple[FrozenTrial, str]]:
@@ -104,8 +99,10 @@ def selection_trials(state: SearchState, selection: dict) -> list[tuple[FrozenTr
     return out
 
 
-def final_comparison(state: SearchState, *, polished: list[dict] | None = None, selection: dict | None = None,
-                     first_phase: tuple[SearchState, dict | None, int] | None = None, progress: bool = True) -> dict:
+def final_comparison(state: SearchState, *, polished: list[PolishResult] | None = None,
+                     selection: SelectionRecord | None = None,
+                     first_phase: tuple[SearchState, SelectionRecord | None, int] | None = None,
+                     progress: bool = True) -> FinalResult:
     """Evaluate the chosen plans and the baselines at the same targets; Spearman over a sample.
     With ``polished`` (the results of per-point polishing) the polished plans are the chosen ones,
     each compared with the baselines at its target sparsity. With ``selection`` (multi-fidelity
@@ -116,7 +113,7 @@ def final_comparison(state: SearchState, *, polished: list[dict] | None = None, 
     bought) and the first phase's stages get their rank correlations."""
     cfg = state.config.final
     heldout = HeldoutEvaluator(state.ctx)
-    rows: list[dict] = []
+    rows: list[ResultRow] = []
     targets: dict[tuple, None] = {}
     bar = dict(enabled=progress, leave=False)
     if polished:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .config import StudyConfig
+from .searcher_configs import flat_dump
 
 ATTR = "fingerprint"
 
@@ -45,7 +46,7 @@ def study_fingerprint(config: StudyConfig) -> dict:
         "heldout": dump["heldout"],
         "space": dump["space"],
         "objectives": dump["objectives"],
-        "searcher": dump["searcher"],
+        "searcher": flat_dump(config.searcher),  # the flat form older studies stored
     }
 
 

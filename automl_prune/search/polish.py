@@ -19,20 +19,24 @@ on few probe tokens is partly their noise). The stage values live in the point's
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from objectives import make_objective
-from search_spaces import make_space
 from search_spaces.base import check_params
 
 from ..errors import UserError
-from ..progress import progress_bar
-from .driver import FINISHED, SearchState, evaluate_trial, sign_of
+from .config import BudgetConfig
+from .evaluators import LocalEvaluator
+from .loop import search_loop
+from .results import PolishResult
+from .searcher_configs import TPEConfig
+from .searchers import make_searcher
 from .selection import run_selection, study_plan
-from .storage import storage_url, study_name
+from .state import SearchState
+from .storage import study_name
+from .study import Study, sign_of
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +74,12 @@ def front_starts(study: optuna.Study, point: float, k: int, space=None) -> list[
     return out
 
 
-def check_polish_studies(config, out: Path) -> None:
+def check_polish_studies(config, url: str) -> None:
     """Before any model is loaded: polishing studies already in the storage must have been run with
     the configured objective (their values are not mixed with another objective's)."""
     if config.polish is None:
         return
-    storage = storage_url(config, out)
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(url, include_best_trial=False)}
     wanted = config.polish.objective.model_dump(mode="json")
     for point in config.polish.points:
         summary = existing.get(polish_study_name(config, point))
@@ -85,42 +88,48 @@ def check_polish_studies(config, out: Path) -> None:
                             f"{summary.user_attrs.get('objective')}, not {wanted}; use another --out folder or study_name")
 
 
-def polish_point(state: SearchState, point: float, objective, out: Path, *, progress: bool = True) -> dict:
+def point_config(config, point: float):
+    """One point's polishing as a study config of its own: TPE over the (polishing) space with the
+    sparsity fixed at ``point``, the polishing objective, ``polish.trials`` trials, and
+    ``polish.selection`` as its selection."""
+    cfg = config.polish
+    base = cfg.space if cfg.space is not None else config.space
+    return config.model_copy(update=dict(
+        space={**base, "pattern": {"name": "unstructured", "sparsity": point}}, objectives=[cfg.objective],
+        searcher=TPEConfig(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials), selection=cfg.selection, polish=None,
+        budget=BudgetConfig(trials=cfg.trials, timeout=None), study_name=polish_study_name(config, point)))
+
+
+def polish_point(state: SearchState, point: float, objective, url: str) -> PolishResult:
     """Polish one target sparsity; returns the best trial's plan and values, and Wanda's. With
     ``polish.selection`` the best is the one its stages select."""
-    cfg, config = state.config.polish, state.config
-    base = cfg.space if cfg.space is not None else config.space
-    space = make_space({**base, "pattern": {"name": "unstructured", "sparsity": point}}).bind(state.profile)
-    name = polish_study_name(config, point)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
-    study = optuna.create_study(storage=storage_url(config, out), study_name=name, direction=objective.direction,
-                                sampler=sampler, pruner=optuna.pruners.NopPruner(), load_if_exists=True)
-    if not study.trials:
+    cfg = state.config.polish
+    definition = Study.from_config(point_config(state.config, point), url=url, objectives=[objective],
+                                   early_stopping=False)
+    space = definition.space.bind(state.profile)
+    study = definition.open()
+    new = not study.trials
+    if new:
         study.set_user_attr("objective", cfg.objective.model_dump(mode="json"))
         study.set_user_attr("target_sparsity", point)
-        for label, params in space.named_points().items():
-            study.enqueue_trial(params, user_attrs={"named_point": label})
+    # the point's own study on the search loop: TPE from the named methods and the front's best
+    # trials at this sparsity; its selection is polish.selection (the stage values live in this study)
+    sub = SearchState(config=definition.config, study=study, space=space, profile=state.profile, objectives=[objective],
+                      ctx=state.ctx, progress=state.progress, repeats_cost=True)
+    searcher = make_searcher(sub)  # the named points first, in a new study
+    if new:
         for number, params in front_starts(state.study, point, cfg.front, space):
             study.enqueue_trial(params, user_attrs={"front_trial": number}, skip_if_exists=True)
-    # the point's own study: its selection is polish.selection (the stage values live in this study)
-    sub = SearchState(config=config.model_copy(update={"selection": cfg.selection}), study=study, space=space,
-                      profile=state.profile, objectives=[objective], ctx=state.ctx)
-    dists = space.distributions()
-    done = lambda: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))  # noqa: E731
-    bar = progress_bar(total=cfg.trials, initial=done(), desc=f"polish {point:g}", unit="trial", enabled=progress,
-               leave=False)
-    while done() < cfg.trials:
-        evaluate_trial(sub, study.ask(dists))
-        bar.n = done()
-        bar.refresh()
-    bar.close()
+    with LocalEvaluator(sub) as evaluator:
+        search_loop(sub, searcher, evaluator, label=f"polish {point:g}", leave=False)
+    name = definition.name
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
     if not complete:
         return dict(point=point, study=name, trials=len(study.trials), best=None, note="no trial completed")
     sign = sign_of(objective.direction)
     best = min(complete, key=lambda t: sign * t.value)
     wanda = next((t for t in complete if t.user_attrs.get("named_point") == "wanda"), None)
-    selection = run_selection(sub, progress=progress) if cfg.selection is not None else None
+    selection = run_selection(sub, progress=state.progress) if cfg.selection is not None else None
     if selection is not None:
         best = next(t for t in complete if t.number == selection["selected"])
     return dict(point=point, study=name, trials=len(study.trials), new_trials=sub.new_trials, objective=objective.name,
@@ -130,7 +139,7 @@ def polish_point(state: SearchState, point: float, objective, out: Path, *, prog
                 **({} if selection is None else dict(selection=selection)))
 
 
-def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> list[dict]:
+def polish_front(state: SearchState, url: str) -> list[PolishResult]:
     """Polish every point of ``config.polish`` (a no-op without it)."""
     cfg = state.config.polish
     if cfg is None:
@@ -139,7 +148,7 @@ def polish_front(state: SearchState, out: Path, *, progress: bool = True) -> lis
     objective.prepare(state.ctx)
     results = []
     for point in cfg.points:
-        result = polish_point(state, point, objective, out, progress=progress)
+        result = polish_point(state, point, objective, url)
         best = result.get("best") or {}
         log.info("polish %.2f: best %s = %s (trial %s), wanda %s", point, objective.name, best.get("value"),
                  best.get("trial"), (result.get("wanda") or {}).get("value"))

@@ -10,24 +10,21 @@ from pathlib import Path
 
 import yaml
 
-from objectives import make_objective
-from search_spaces import make_space
-
 from ..errors import UserError
 from ..provenance import versions
 from .allocation_phase import run_allocation_phase, selected_trial
 from .config import StudyConfig
-from .driver import SearchState, directions_of, first_sign, open_study, optuna_loop, remember_finished
-from .evolution import ATTR, evolution_loop, selection_record
 from .final import final_comparison
 from .fingerprint import check_weights
 from .lock import LeaseLock, file_lock_for
+from .loop import run_searcher
 from .polish import check_polish_studies, polish_front
-from .pymoo_driver import pymoo_loop
-from .report import write_outputs
+from .outputs import write_outputs
 from .selection import run_selection
 from .setup import load_search
-from .storage import check_url, fail_orphans, quiet_ask_warning, storage_url, study_name, where
+from .state import SearchState, remember_finished
+from .storage import check_url, fail_orphans, quiet_ask_warning
+from .study import Study
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +35,15 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
     Before anything is written: the storage URL is checked, the study's lock taken (one driver per
     study, lock.py) and the study's fingerprint compared with the config's (fingerprint.py)."""
     out = Path(out)
-    url = storage_url(config, out)
+    study = Study.from_config(config, out)
     if config.storage is not None:
-        check_url(url)  # a user's URL: refused before the output folder is made
+        check_url(study.url)  # a user's URL: refused before the output folder is made
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    file_lock = file_lock_for(url, study_name(config))
+    file_lock = file_lock_for(study.url, study.name)
     lock = file_lock.acquire() if file_lock is not None else None
     try:
-        return _run_locked(config, out, progress=progress, final=final, lock=lock)
+        return _run_locked(study, out, progress=progress, final=final, lock=lock)
     except UserError:
         if made and not (out / "config.yaml").exists():  # refused before anything was written: no folder left behind
             shutil.rmtree(out, ignore_errors=True)
@@ -56,53 +53,38 @@ def run_search(config: StudyConfig, out: str | Path, *, progress: bool = True, f
             lock.release()
 
 
-def _run_locked(config: StudyConfig, out: Path, *, progress: bool, final: bool, lock) -> Path:
-    space = make_space(config.space)
-    objectives = [make_objective(o.name, **o.params) for o in config.objectives]
-    study = open_study(config, out, objectives)
-    lease = LeaseLock(study, where(config, out)).acquire() if lock is None else None
+def _run_locked(study: Study, out: Path, *, progress: bool, final: bool, lock) -> Path:
+    stored = study.open()
+    lease = LeaseLock(stored, study.where).acquire() if lock is None else None
     try:
-        return _run_study(config, out, study, space, objectives, progress=progress, final=final)
+        return _run_study(study, stored, out, progress=progress, final=final)
     finally:
         if lease is not None:
             lease.release()
 
 
-def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, progress: bool, final: bool) -> Path:
+def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bool) -> Path:
+    config = definition.config
     orphans = fail_orphans(study)
     if orphans:
         log.warning("trials %s were left running by a driver that stopped: marked failed, their candidates queued again",
                     ", ".join(map(str, orphans)))
-    check_polish_studies(config, out)
+    check_polish_studies(config, definition.url)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    ctx, profile, space = load_search(config, space, objectives, progress=progress)
-    check_weights(study, ctx.info.get("statistics", {}).get("model_fingerprint"), where(config, out))
+    ctx, profile, space = load_search(definition, progress=progress)
+    check_weights(study, ctx.info.get("statistics", {}).get("model_fingerprint"), definition.where)
     quiet_ask_warning()
-    state = SearchState(config=config, study=study, space=space, profile=profile, objectives=objectives, ctx=ctx)
+    state = SearchState(config=config, study=study, space=space, profile=profile, objectives=definition.objectives,
+                        ctx=ctx, progress=progress)
     remember_finished(study, state.memo)
-    if not study.trials and config.searcher.seed_named_points:
-        for name, point in space.named_points().items():
-            study.enqueue_trial(point, user_attrs={"named_point": name})
-    evolved = None
     start = time.perf_counter()
     log.info("search: %s on the %s executor, %d trials finished so far, budget %s trials / %s s", config.searcher.name,
              config.executor, state.finished(), config.budget.trials, config.budget.timeout)
-    if config.executor == "ray":
-        from .ray_executor import ray_loop  # deferred: Ray (about 1 s to import) loads only for executor: ray
-
-        state.new_trials = ray_loop(state, out, progress=progress)
-    elif config.searcher.name == "evolution":
-        evolution_loop(state, out, progress=progress)
-    elif config.searcher.name == "pymoo-nsga3":
-        pymoo_loop(state, out, progress=progress)
-    else:
-        optuna_loop(state, progress=progress)
-    if config.searcher.name == "evolution":
-        evolved = selection_record(state, study.user_attrs.get(ATTR) or {})
+    evolved = run_searcher(state, url=definition.url).chosen()
     seconds = time.perf_counter() - start
     before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     finished = state.finished()
-    meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=directions_of(config, objectives),
+    meta = dict(ctx.info, searcher=config.searcher.model_dump(), directions=state.directions,
                 budget=config.budget.model_dump(), finished_trials=finished, stopped_by=stopped_by(config, state.spent()),
                 executor=config.executor, versions=versions(), search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
@@ -114,7 +96,7 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
     selection = evolved
     if config.selection is not None:
         start = time.perf_counter()
-        selection = run_selection(state, progress=progress)
+        selection = run_selection(state, chosen=None if evolved is None else evolved["selected"], progress=progress)
         meta["selection_seconds"] = round(time.perf_counter() - start, 1)
         meta["selection_seconds_total"] = running_total(before, "selection_seconds", meta["selection_seconds"])
         (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -123,10 +105,9 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
                      selection["fast_best"])
     phase, first_phase = None, None
     if config.allocation_search is not None:  # the joint plan's allocation phase, from the plan selected above
-        sign = first_sign(config, objectives)
-        first = selected_trial(study, selection, sign)
+        first = selected_trial(study, selection, state.sign)
         start = time.perf_counter()
-        phase, evolved = run_allocation_phase(state, first, out, progress=progress)
+        phase, evolved = run_allocation_phase(state, first, definition.url)
         seconds = round(time.perf_counter() - start, 1)
         meta["allocation_phase"] = dict(study=phase.config.study_name, start_trial=first.number, seconds=seconds,
                                         database_seconds=phase.database_seconds, trials_this_run=phase.new_trials,
@@ -144,7 +125,7 @@ def _run_study(config: StudyConfig, out: Path, study, space, objectives, *, prog
         result["from_earlier_run"] = True
     if final:
         start = time.perf_counter()
-        polished = polish_front(state, out, progress=progress)
+        polished = polish_front(state, definition.url)
         if polished:
             meta["polish_seconds"] = round(time.perf_counter() - start, 1)
             meta["polish_seconds_total"] = running_total(before, "polish_seconds", meta["polish_seconds"])

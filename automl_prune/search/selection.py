@@ -34,7 +34,9 @@ from ..progress import progress_bar
 from ..pruning.plan import PruningPlan
 from .candidate import score_candidate
 from .config import StudyConfig, selection_seqlen
-from .driver import SearchState, first_sign, sign_of
+from .results import SelectionRecord
+from .state import SearchState
+from .study import sign_of
 
 log = logging.getLogger(__name__)
 ATTR = "selection"
@@ -59,13 +61,12 @@ def study_plan(config: StudyConfig, plan: dict) -> PruningPlan:
     return PruningPlan.from_dict({**plan, **config.stage_fields()})
 
 
-def pool(state: SearchState) -> list[FrozenTrial]:
+def pool(state: SearchState, chosen: int | None = None) -> list[FrozenTrial]:
     """The fast objective's ``selection.candidates`` best trials with distinct masks, then every
     named point not among them (so the last stage compares the selected plan with them too) and
-    the trial the searcher itself chose (the evolution's last parent), when there is one."""
-    sign = first_sign(state.config, state.objectives)
+    the trial the searcher itself chose (``chosen``: the evolution's last parent), when there is one."""
+    sign = state.sign
     done = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs]
-    chosen = state.study.user_attrs.get(SELECTED) if state.config.searcher.name == "evolution" else None
     out, seen = [], set()
     for t in sorted(done, key=lambda t: (sign * t.values[0], t.number)):
         key = t.user_attrs.get("mask_hash") or t.user_attrs.get("canonical_key") or t.number
@@ -131,20 +132,21 @@ def stage_windows(state: SearchState, index: int):
     return fresh_stage_windows(state, sel.stages[index].tokens, sel.seed + index)
 
 
-def run_selection(state: SearchState, *, progress: bool = True) -> dict | None:
+def run_selection(state: SearchState, *, chosen: int | None = None, progress: bool = True) -> SelectionRecord | None:
     """Score the pool stage by stage; returns the stages and the selected trial (None without
-    ``selection`` or without completed trials). The selected trial is recorded in the study."""
+    ``selection`` or without completed trials). The selected trial is recorded in the study.
+    ``chosen``: the trial the searcher itself chose (in the pool whatever its fast value)."""
     config = state.config
     sel = config.selection
     if sel is None:
         return None
-    candidates = pool(state)
+    candidates = pool(state, chosen)
     if not candidates:
         return None
     start = time.perf_counter()
     objective = make_objective(sel.objective.name, **sel.objective.params)
     sign = sign_of(sel.objective.direction or objective.direction)
-    fast_sign = first_sign(config, state.objectives)
+    fast_sign = state.sign
     key = setting_key(config)
     stored = state.study.user_attrs.get(ATTR) or {}
     if stored.get("key") != key:

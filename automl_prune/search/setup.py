@@ -14,6 +14,7 @@ from ..models.adapters import needs_bos
 from ..models.gguf_cache import default_cache_dir
 from ..models.loading import check_model_spec, load_model
 from .config import StudyConfig
+from .study import Study
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,16 @@ def build_profile(ctx, space, *, cache_dir=None):
                               alpha_cache_key=key)
 
 
-def load_search(config: StudyConfig, space, objectives: list, *, progress: bool = True, use_cache: bool = True):
-    """Everything a study scores candidates with, loaded once: the context, the allocation profile,
+def load_search(study: Study, *, progress: bool = True, use_cache: bool = True):
+    """Everything ``study`` scores candidates with, loaded once: the context, the allocation profile,
     the space bound to the model, and the objectives prepared (dense references computed).
     Returns ``(ctx, profile, bound_space)``."""
-    ctx = build_context(config, progress=progress, use_cache=use_cache)
-    profile = build_profile(ctx, space, cache_dir=config.cache_dir)
-    space = space.bind(profile)
+    ctx = build_context(study.config, progress=progress, use_cache=use_cache)
+    profile = build_profile(ctx, study.space, cache_dir=study.config.cache_dir)
+    space = study.space.bind(profile)
     start = time.perf_counter()
-    for objective in objectives:
+    for objective in study.objectives:
         objective.prepare(ctx)
     ctx.info["objectives_prepare_seconds"] = round(time.perf_counter() - start, 3)
-    log.info("objectives prepared (%s; %.0f s)", ", ".join(o.name for o in objectives), time.perf_counter() - start)
+    log.info("objectives prepared (%s; %.0f s)", ", ".join(o.name for o in study.objectives), time.perf_counter() - start)
     return ctx, profile, space

@@ -37,11 +37,6 @@ def study_name(config: StudyConfig) -> str:
     return config.study_name or "automl-prune"
 
 
-def where(config: StudyConfig, out: Path) -> str:
-    """How messages name a study: its storage (password masked) and its name."""
-    return f"the storage {masked(storage_url(config, out))} (study {study_name(config)!r})"
-
-
 def masked(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for messages and logs)."""
     return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)

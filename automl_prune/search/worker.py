@@ -1,24 +1,19 @@
 """A trial worker: model, statistics and dense references loaded once, then any number of
-candidates evaluated against them. The Ray trainables and actors wrap one of these; nothing here
-imports Ray."""
+candidates evaluated against them. The Ray workers wrap one of these; nothing here imports Ray."""
 
 from __future__ import annotations
 
 import logging
 import os
 
-import optuna
 import torch
 
-from objectives import make_objective
-from search_spaces import make_space
-
 from .config import StudyConfig
-from .driver import remember_finished
 from .evaluate import Memo, Outcome, evaluate_params
 from .evolution import open_database
 from .setup import load_search
-from .storage import study_name
+from .state import remember_finished
+from .study import Study
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +26,13 @@ class Worker:
         self.config = config if isinstance(config, StudyConfig) else StudyConfig.model_validate(config)
         if threads:
             torch.set_num_threads(max(1, int(threads)))
-        space = make_space(self.config.space)
-        self.objectives = [make_objective(o.name, **o.params) for o in self.config.objectives]
-        self.ctx, self.profile, self.space = load_search(self.config, space, self.objectives, progress=False)
+        study = Study.from_config(self.config, url=storage)
+        self.objectives = study.objectives
+        self.ctx, self.profile, self.space = load_search(study, progress=False)
         self.memo = Memo()
         if storage is not None:
             try:  # values other workers already measured: reuse them for equal candidates
-                study = optuna.load_study(study_name=study_name(self.config), storage=storage)
-                remember_finished(study, self.memo)
+                remember_finished(study.load(), self.memo)
             except Exception as exc:  # noqa: BLE001 - the memo is an optimisation only
                 log.warning("worker could not read the study for reuse: %s", exc)
 
