@@ -10,7 +10,9 @@ Plans with a weight update (SparseGPT, ADMM) cost tens of seconds to apply, and 
 stages and the final comparison apply the same ones again: their pruned weights are kept (least
 recently used first out) within ``UPDATED_CACHE_BYTES`` (4 GiB by default, ``$AUTOML_PRUNE_UPDATED_CACHE_MB``
 overrides; 0 turns it off), so applying one again is a copy. A model whose prunable weights exceed
-the bound keeps none.
+the bound keeps none. Candidates that share a metric share its scores, then its ranks
+(``ScoreCache``, pruning/score_cache.py, 1 GiB by default): an allocation change is a cut-off, not
+a new selection. Applying the plan the weights already hold does nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .calibration.capture import BlockStats
 from .models.adapters import decoder_blocks, prunable_linears
 from .pruning.apply import PruneResult, prune_model
 from .pruning.plan import PruningPlan
+from .pruning.score_cache import ScoreCache
 
 UPDATED_CACHE_BYTES = int(float(os.environ.get("AUTOML_PRUNE_UPDATED_CACHE_MB", 4096)) * 2**20)
 
@@ -67,34 +70,45 @@ class CandidateContext:
         # pruned weights of updated plans, by plan (shared by shallow copies): see the module's docstring
         self._updated: OrderedDict[str, tuple[dict[str, torch.Tensor], PruneResult]] = OrderedDict()
         self._entry_bytes = sum(w.numel() * w.element_size() for w in self.dense.values())
+        # metric scores, then their ranks, across candidates with the same metric (shared by shallow copies)
+        self.scores = ScoreCache()
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put the dense weights back."""
         for k, m in self.modules.items():
             m.weight.data.copy_(self.dense[k])
-        self._applied["levels"] = None
+        self._applied.update(levels=None, plan=None, result=None)
 
     def apply(self, plan: PruningPlan) -> PruneResult:
         """Prune the dense weights in place with ``plan`` from the dense (one-shot) statistics, or,
         when the plan lies on the attached level database's ladders, swap in the stored layers (only
         those whose level changed; same weights). The model stays pruned until the next ``apply``
-        or ``restore``."""
+        or ``restore``; applying the plan the weights already hold returns its result at once."""
         if plan.mode != "one-shot":  # candidates are scored from the dense statistics
             plan = plan.model_copy(update={"mode": "one-shot"})
+        key = json.dumps(plan.model_dump(mode="json"), sort_keys=True)
+        if self._applied.get("plan") == key:
+            return self._applied["result"]
+        result = self._apply(plan, key)
+        self._applied.update(plan=key, result=result)
+        return result
+
+    def _apply(self, plan: PruningPlan, key: str) -> PruneResult:
         levels = self.levels.levels_of(plan, len(self.blocks)) if self.levels is not None else None
         if levels is not None:
             return self._swap(plan, levels)
-        key = json.dumps(plan.model_dump(mode="json"), sort_keys=True) if plan.update != "none" else None
+        if plan.update == "none":
+            key = None
         if key is not None and key in self._updated:
             weights, result = self._updated[key]
             self._updated.move_to_end(key)
             for k, m in self.modules.items():
                 m.weight.data.copy_(weights[k])
-            self._applied["levels"] = None
+            self._applied.update(levels=None)
             return result
         self.restore()
-        result = prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False)
+        result = prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False, scores=self.scores)
         if key is not None and 0 < self._entry_bytes <= UPDATED_CACHE_BYTES:
             while self._updated and (len(self._updated) + 1) * self._entry_bytes > UPDATED_CACHE_BYTES:
                 self._updated.popitem(last=False)

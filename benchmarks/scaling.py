@@ -71,7 +71,7 @@ def measure(config, candidates: int, seed: int) -> dict:
     setup_s = time.perf_counter() - t
     ctx.restore()
     fwd = forward_seconds(ctx, ctx.calib_ids, repeats=1)
-    rows, _ = time_candidates(ctx, profile, space, objectives, candidates, seed)
+    rows, _, _ = time_candidates(ctx, profile, space, objectives, candidates, seed)
     times, masks = [r["candidate"] for r in rows], [r["masks"] for r in rows]
     prunable = sum(lin.weight.numel() for block in decoder_blocks(ctx.model) for lin in prunable_linears(block).values())
     cand = statistics.median(times)

@@ -47,12 +47,13 @@ def forward_seconds(ctx, ids: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) -> tuple[list[dict], list[dict], list]:
     """Seconds of ``n`` random candidates of ``space`` (seeded): per candidate ``decode``, ``masks``
     (masks on the working copy) and ``candidate`` (decode + masks + objectives, as a trial scores
-    it); and the parameter sets drawn. The working copy is restored at the end."""
+    it: ``score_candidate`` finds the masks applied); the parameter sets drawn and their plans. The
+    working copy is restored at the end."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    rows, drawn = [], []
+    rows, drawn, plans = [], [], []
     for _ in range(n):
         params = suggest(space, study.ask())
         drawn.append(params)
@@ -61,13 +62,34 @@ def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) ->
         t1 = time.perf_counter()
         ctx.apply(plan)
         t2 = time.perf_counter()
-        ctx.restore()
-        t3 = time.perf_counter()
         score_candidate(ctx, plan, objectives)
-        t4 = time.perf_counter()
-        rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=(t1 - t0) + (t4 - t3)))
-    ctx.restore()
-    return rows, drawn
+        t3 = time.perf_counter()
+        ctx.restore()
+        rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=t3 - t0))
+        plans.append(plan)
+    return rows, drawn, plans
+
+
+def time_allocations(ctx, plan, objectives: list, n: int, seed: int, spread: float = 0.1) -> list[dict]:
+    """Seconds of ``n`` allocation-only candidates: ``plan``'s metric (already scored once, as in a
+    search) at random per-block sparsities of the same mean (uniform in +-``spread``), as an
+    allocation search proposes them. ``masks`` and ``candidate`` (masks + objectives) per candidate;
+    the first one also turns the stored scores into ranks (score_cache.py)."""
+    target = plan.sparsity if isinstance(plan.sparsity, float) else float(sum(plan.sparsity) / len(plan.sparsity))
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        offsets = (torch.rand(len(ctx.blocks), generator=gen, dtype=torch.float64) * 2 - 1) * spread
+        per_block = (offsets - offsets.mean() + target).clamp(0.0, 0.99).tolist()
+        candidate = plan.model_copy(update={"sparsity": [round(x, 10) for x in per_block]})
+        t0 = time.perf_counter()
+        ctx.apply(candidate)
+        t1 = time.perf_counter()
+        score_candidate(ctx, candidate, objectives)
+        t2 = time.perf_counter()
+        ctx.restore()
+        rows.append(dict(masks=t1 - t0, candidate=t2 - t0))
+    return rows
 
 
 def main() -> None:
@@ -77,6 +99,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="timed plain forward passes (median)")
+    ap.add_argument("--allocation-candidates", type=int, default=8,
+                    help="allocation-only candidates of the last metric (unstructured spaces; 0: skip)")
     ap.add_argument("--reload-candidates", type=int, default=2,
                     help="candidates also scored with a model reload and a fresh calibration each (0: skip)")
     ap.add_argument("--stem", default=None)
@@ -92,8 +116,13 @@ def main() -> None:
     ctx.restore()
     fwd = forward_seconds(ctx, ctx.calib_ids, repeats=args.repeats)
 
-    rows, drawn = time_candidates(ctx, profile, space, objectives, args.candidates, args.seed)
+    rows, drawn, plans = time_candidates(ctx, profile, space, objectives, args.candidates, args.seed)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    alloc = None
+    if args.allocation_candidates and plans[0].nm is None:
+        arows = time_allocations(ctx, plans[-1], objectives, args.allocation_candidates, args.seed)
+        alloc = dict(candidates=len(arows), first_seconds={k: round(v, 3) for k, v in arows[0].items()},
+                     median_seconds={k: round(statistics.median(r[k] for r in arows[1:] or arows), 3) for k in arows[0]})
     peak_cached = peak_rss_mib()
     reload = reload_per_candidate(config, drawn[: args.reload_candidates]) if args.reload_candidates else None
     result = dict(config=args.config, space=config.space, objectives=[o.model_dump() for o in config.objectives],
@@ -102,7 +131,8 @@ def main() -> None:
                   median_seconds={k: round(v, 3) for k, v in med.items()},
                   candidates_per_minute=round(60 / med["candidate"], 2),
                   candidate_vs_forward=round(med["candidate"] / fwd, 3),
-                  masks_vs_forward=round(med["masks"] / fwd, 3), peak_rss_mib_cached=peak_cached,
+                  masks_vs_forward=round(med["masks"] / fwd, 3), allocation_only=alloc,
+                  score_cache_mib=round(ctx.scores.budget / 2**20), peak_rss_mib_cached=peak_cached,
                   reload_per_candidate=reload, environment=environment(ctx.device), context=ctx.info)
     if reload:
         result["reload_vs_cached"] = round(reload["median_seconds"] / med["candidate"], 1)
@@ -118,7 +148,13 @@ def main() -> None:
           f"| of which masks (s) | {med['masks']:.2f} |\n"
           f"| candidate / forward | {med['candidate'] / fwd:.2f} |\n"
           f"| candidates per minute | {60 / med['candidate']:.1f} |\n"
-          f"| one-time preparation of the objectives (s) | {prepare_s:.1f} |\n"
+          f"| one-time preparation of the objectives (s) | {prepare_s:.1f} |\n")
+    if alloc:
+        md += (f"| allocation-only candidate (the last metric at {alloc['candidates']} random per-block "
+               f"allocations): masks + objectives, median (s) | {alloc['median_seconds']['candidate']:.2f} |\n"
+               f"| of which masks (s) | {alloc['median_seconds']['masks']:.2f} |\n"
+               f"| the first of them, which also ranks the stored scores (s) | {alloc['first_seconds']['candidate']:.2f} |\n")
+    md += (f"| score cache bound (MiB) | {result['score_cache_mib']} |\n"
           f"| peak resident memory, cached loop (MiB) | {peak_cached:.0f} |\n")
     if reload:
         md += (f"| reload-per-candidate loop: model load + calibration + objective preparation + candidate, "

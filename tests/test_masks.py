@@ -152,3 +152,26 @@ def test_parse_pattern():
     for bad in ["2-4", "4:2", "0:4", "4:4", "a:b", "2:4:8", "", ":4", "-1:4", "2.0:4", 24, None]:
         with pytest.raises(UserError):
             parse_pattern(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("sparsity", [0.0001, 0.3, 0.5, 0.9999])
+def test_a_whole_matrix_past_the_bracket_size_matches_the_stable_sort(sparsity, quantized):
+    """Groups of at least BRACKET_MIN weights take the bracketed selection (masks._kth_smallest_flat)."""
+    from automl_prune.pruning.masks import BRACKET_MIN
+
+    s = scores(300, 300, seed=7, quantized=quantized)
+    assert s.numel() >= BRACKET_MIN
+    k = int(s.numel() * sparsity)
+    assert torch.equal(unstructured_mask(s, sparsity, "matrix").reshape(1, -1), stable_lowest(s.reshape(1, -1), k))
+
+
+def test_the_bracketed_selection_is_kthvalue_on_skewed_and_tied_values():
+    from automl_prune.pruning.masks import _kth_smallest_flat
+
+    gen = torch.Generator().manual_seed(3)
+    skewed = torch.rand(200_000, generator=gen) ** 12  # most values near 0
+    tied = torch.cat([torch.zeros(150_000), torch.rand(50_000, generator=gen)])
+    for x in (skewed, tied, -skewed):
+        for k in (1, 7, 1000, 100_000, 149_999, 150_001, 199_999, 200_000):
+            assert torch.equal(_kth_smallest_flat(x, k), x.kthvalue(k).values), k

@@ -302,7 +302,9 @@ def test_updated_plans_are_applied_once_and_copied_back_after(monkeypatch):
     first = ctx.apply(admm)
     weights = {k: m.weight.detach().clone() for k, m in ctx.modules.items()}
     ctx.apply(plan_for_method("wanda", sparsity=0.5))  # mask-only plans are not kept (cheap to redo)
+    ctx.restore()
     ctx.apply(plan_for_method("wanda", sparsity=0.5))
+    assert ctx.apply(plan_for_method("wanda", sparsity=0.5)) is not None and len(calls) == 3  # already held: no work
     again = ctx.apply(admm)
     assert len(calls) == 3 and again is first
     assert all(torch.equal(m.weight, weights[k]) for k, m in ctx.modules.items())

@@ -313,12 +313,16 @@ def test_kill_9_in_the_allocation_phase_keeps_both_phases_and_resumes(tmp_path, 
     url = f"sqlite:///{out / 'study.db'}"
 
     def phase_trials(state=None):
-        if not (out / "study.db").exists():
-            return []
+        # plain read-only SQL until the phase's study exists: opening the storage with Optuna while
+        # the driver creates its schema would race it (both insert the schema version)
         try:
-            study = optuna.load_study(study_name="automl-prune-allocation", storage=url)
-        except KeyError:  # the phase has not started yet
+            with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True, timeout=5) as con:
+                names = {row[0] for row in con.execute("select study_name from studies")}
+        except sqlite3.Error:  # no file or no tables yet
             return []
+        if "automl-prune-allocation" not in names:  # the phase has not started yet
+            return []
+        study = optuna.load_study(study_name="automl-prune-allocation", storage=url)
         return [t for t in study.get_trials(deepcopy=False) if state is None or t.state == state]
 
     driver = _driver(tmp_path, config, out)

@@ -79,10 +79,12 @@ def score(metric: MetricSpec, weight: torch.Tensor, stats: LinearStats | None = 
     def vec(t: torch.Tensor) -> torch.Tensor:  # per-channel float64 statistic -> float32 row (1, in)
         return t.to(device=weight.device, dtype=torch.float32).reshape(1, -1)
 
+    # A is this function's own tensor: the products below run in place (the same operations in the
+    # same order, so the same bits, without allocating a matrix per factor)
     if isinstance(metric, WandaMetric):
-        return A * vec(stats.l2)
+        return A.mul_(vec(stats.l2))
     if isinstance(metric, StadeMetric):
-        return A * vec(stats.std)
+        return A.mul_(vec(stats.std))
     if isinstance(metric, RIAMetric):
         # as the reference: (A / column sums + A / row sums) * sqrt(scaler_row) ** a
         relative = A / _nonzero(A.sum(0, keepdim=True)) + A / _nonzero(A.sum(1, keepdim=True))
@@ -116,9 +118,9 @@ def _bawa(metric: BaWAMetric, A: torch.Tensor, stats: LinearStats) -> torch.Tens
     if metric.clip_quantile is not None:
         a = a.clamp(max=torch.quantile(a, metric.clip_quantile))  # outlier clipping before the power
     act = a.pow(metric.gamma).float().reshape(1, -1)  # gamma >= 0; 0 ** 0 = 1
-    if metric.form == "sum":
-        return A * (inv_r + inv_k) * act
-    return A * inv_r * inv_k * act
+    if metric.form == "sum":  # (A * (inv_r + inv_k)) * act; IEEE products commute
+        return (inv_r + inv_k).mul_(A).mul_(act)
+    return A.mul_(inv_r).mul_(inv_k).mul_(act)  # ((A * inv_r) * inv_k) * act, A no longer needed
 
 
 # ----- OptiShear -------------------------------------------------------------------------------------

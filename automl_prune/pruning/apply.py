@@ -15,6 +15,7 @@ from ..calibration.dense import dense_statistics
 from ..models.adapters import decoder_blocks, prunable_linears
 from .layer import prune_weight
 from .plan import PruningPlan
+from .score_cache import ScoreCache
 
 
 @dataclass
@@ -53,13 +54,15 @@ def prune_model(
     use_cache: bool = True,
     windows_info: dict | None = None,
     progress: bool = True,
+    scores: ScoreCache | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place according to ``plan``.
 
     One-shot mode scores every layer from statistics of the dense model (given, cached or
     computed from ``input_ids``); sequential mode recomputes each block's statistics on the
     outputs of the already pruned blocks. Returns realised sparsity per layer (counted from the
-    weights, not assumed).
+    weights, not assumed). ``scores``: a score cache for one-shot pruning from ``stats`` of this
+    model's dense weights (the candidate context's; score_cache.py).
     """
     blocks = decoder_blocks(model)
     result = PruneResult(plan)
@@ -69,10 +72,10 @@ def prune_model(
     if need_stats and stats is None and input_ids is None:
         raise ValueError("this plan needs calibration windows (input_ids) or precomputed statistics")
 
-    def prune_block(i: int, block: nn.Module, block_stats: BlockStats) -> None:
+    def prune_block(i: int, block: nn.Module, block_stats: BlockStats, cache: ScoreCache | None = None) -> None:
         for name, lin in prunable_linears(block).items():
             target = plan.sparsity_for(i, name, len(blocks))
-            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name, block=i)
+            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name, block=i, scores=cache)
             if "order" in info:
                 result.permutations[f"{i}.{name}"] = info.pop("order")
             lin.weight.data.copy_(new)
@@ -92,7 +95,7 @@ def prune_model(
             stats = computed.stats
             result.info["calibration"] = computed.info
         for i, block in enumerate(progress_bar(blocks, desc="pruning", unit="block", enabled=progress, leave=False)):
-            prune_block(i, block, stats[i] if stats is not None else {})
+            prune_block(i, block, stats[i] if stats is not None else {}, scores)
     result.info["seconds"] = round(time.perf_counter() - start, 3)
     result.info["mode"] = plan.mode
     return result

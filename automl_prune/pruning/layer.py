@@ -13,6 +13,7 @@ from .dsnot import dsnot_refine
 from .masks import nm_mask, unstructured_mask
 from .permutation import nm_permutation, permuted_nm_mask
 from .plan import PruningPlan
+from .score_cache import ScoreCache
 from .sparsegpt import sparsegpt_prune
 
 
@@ -71,12 +72,20 @@ def _gradual_selector(stats: LinearStats, plan: PruningPlan, sparsity: float, pe
     return select
 
 
+def metric_key(plan: PruningPlan) -> str:
+    """What an unstructured mask depends on besides the layer and its sparsity: the metric and its
+    comparison group (the key of a :class:`ScoreCache`)."""
+    return f"{plan.metric.model_dump_json()}|{plan.group or default_group(plan.metric)}"
+
+
 def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float,
-                 name: str = "", *, block: int | None = None) -> tuple[torch.Tensor, dict]:
+                 name: str = "", *, block: int | None = None, scores: ScoreCache | None = None) -> tuple[torch.Tensor, dict]:
     """The pruned copy of ``weight`` (same dtype) and a small info dict (``order``: the channel
     permutation as a tensor, when the plan permutes). ``name``: the layer's name in its block
     (``mlp.down_proj``), for the refinement's ``skip`` list and messages; ``block``: its block's
-    index, for messages."""
+    index, for messages and (with ``scores``) the layer's key in the score cache: an unstructured
+    mask without permutation or refinement is then cut from the stored order when the same metric
+    was seen before (score_cache.py; identical masks)."""
     w = weight.detach().float()
     info: dict = {}
     label = _where(name, block)
@@ -88,6 +97,11 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
         return _checked(new, weight, label), info
     if sparsity <= 0.0 and plan.nm is None:
         return weight.detach().clone(), info
+
+    if scores is not None and plan.nm is None and plan.permute == "none" and plan.refine == "none":
+        group = plan.group or default_group(plan.metric)
+        mask = scores.mask(metric_key(plan), f"{block}.{name}", group, sparsity, lambda: metric_scores(w, stats, plan, label))
+        return _updated(w, weight, stats, plan, sparsity, mask, None, info, label)
 
     s = metric_scores(w, stats, plan, label)
     perm = None
@@ -108,7 +122,13 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
         mask = mask.clone()
         mask[:, cols] = r.mask  # back to the original channel order
         info.update(dsnot_swaps=r.swaps)
+    return _updated(w, weight, stats, plan, sparsity, mask, perm, info, label)
 
+
+def _updated(w: torch.Tensor, weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float,
+             mask: torch.Tensor, perm: torch.Tensor | None, info: dict, label: str) -> tuple[torch.Tensor, dict]:
+    """The pruned copy of ``weight`` from its float32 copy ``w`` and the mask: the plan's update
+    (none, SparseGPT or ADMM) applied."""
     if plan.update == "sparsegpt":
         new, mask, sg_info = sparsegpt_prune(w, stats, mask=mask)
         info.update(sg_info)
@@ -119,8 +139,8 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
                                           damping=opts.damping, gradual_iterations=opts.gradual_iterations,
                                           gradual_score=opts.gradual_score)
         info.update(admm_info)
-    else:
-        new = w.masked_fill(mask, 0.0)
+    else:  # dense weights kept or zeroed: finite, as the scores computed from them were checked to be
+        return w.masked_fill(mask, 0.0).to(weight.dtype), info
     return _checked(new, weight, label), info
 
 
