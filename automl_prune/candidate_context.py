@@ -78,7 +78,7 @@ class CandidateContext:
         """Put the dense weights back."""
         for k, m in self.modules.items():
             m.weight.data.copy_(self.dense[k])
-        self._applied.update(levels=None, plan=None, result=None)
+        self._applied.update(levels=None, plan=None, result=None, memo={})
 
     def apply(self, plan: PruningPlan) -> PruneResult:
         """Prune the dense weights in place with ``plan`` from the dense (one-shot) statistics, or,
@@ -91,8 +91,15 @@ class CandidateContext:
         if self._applied.get("plan") == key:
             return self._applied["result"]
         result = self._apply(plan, key)
-        self._applied.update(plan=key, result=result)
+        self._applied.update(plan=key, result=result, memo={})
         return result
+
+    @property
+    def candidate_memo(self) -> dict:
+        """Storage for what is computed from the weights as they are now (objectives of one
+        candidate share their Gram products through it); emptied whenever the weights change by
+        ``apply`` or ``restore``."""
+        return self._applied.setdefault("memo", {})
 
     def _apply(self, plan: PruningPlan, key: str) -> PruneResult:
         levels = self.levels.levels_of(plan, len(self.blocks)) if self.levels is not None else None

@@ -194,8 +194,13 @@ class LayerRecon(Objective):
         return out
 
     def row_errors(self, ctx: CandidateContext) -> dict[str, torch.Tensor]:
-        """Per layer, per output row: the pruning error of the model as it is now."""
-        return self._row_errors(ctx, self._operators(ctx))
+        """Per layer, per output row: the pruning error of the model as it is now (computed once per
+        candidate and operator: the weightings of one candidate share the Gram products)."""
+        key = ("layer_recon_rows", self.sketch, self.seed if self.sketch is not None else None)
+        memo = ctx.candidate_memo
+        if key not in memo:
+            memo[key] = self._row_errors(ctx, self._operators(ctx))
+        return memo[key]
 
     def layer_errors(self, ctx: CandidateContext) -> dict[str, tuple[float, float]]:
         """Per layer: (||X dW^T||_F^2, ||X W^T||_F^2) over the calibration tokens."""

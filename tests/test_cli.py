@@ -59,15 +59,13 @@ def test_bad_plan_file_names_the_field(tmp_path):
 
 def _mask_hash_of_folder(folder) -> str:
     """The search's mask hash (which weights are zero in every prunable layer) of an exported model."""
-    from types import SimpleNamespace
-
     from automl_prune.models.adapters import decoder_blocks, prunable_linears
     from automl_prune.models.loading import load_model
-    from automl_prune.search.candidate import mask_hash
+    from automl_prune.search.candidate import masks_digest
 
     model = load_model(str(folder), device="cpu").model
     modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
-    return mask_hash(SimpleNamespace(modules=modules))
+    return masks_digest(modules)
 
 
 def test_search_report_and_prune_the_plan_offline_reproduce_the_masks(tmp_path, tiny_llama_dir, data_dir, capsys,

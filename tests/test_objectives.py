@@ -314,3 +314,27 @@ def test_updated_plans_are_applied_once_and_copied_back_after(monkeypatch):
     ctx.apply(admm)
     assert len(calls) == 5
     ctx.restore()
+
+
+def test_objectives_of_one_candidate_share_the_gram_products(monkeypatch):
+    """Several Gram-based objectives on one candidate multiply dW by G once; new weights (another
+    apply, a restore) compute it again, to the same values."""
+    from objectives.layer_recon import LayerRecon
+
+    ctx = _context(sharpen=False)
+    objs = [make_objective("layer_recon", weighting=w) for w in ("uniform", "energy", "fisher")]
+    for o in objs:
+        o.prepare(ctx)
+    calls = []
+    real = LayerRecon._row_errors
+    monkeypatch.setattr(LayerRecon, "_row_errors", staticmethod(lambda *a, **k: calls.append(1) or real(*a, **k)))
+    plan = plan_for_method("wanda", sparsity=0.5)
+    result = ctx.apply(plan)
+    values = [o(ctx, result) for o in objs]
+    assert len(calls) == 1 and len(set(values)) == 3
+    ctx.restore()
+    result = ctx.apply(plan)
+    assert [o(ctx, result) for o in objs] == values and len(calls) == 2
+    ctx.apply(plan_for_method("wanda", sparsity=0.6))
+    assert objs[0](ctx, result) > values[0] and len(calls) == 3
+    ctx.restore()

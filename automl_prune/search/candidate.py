@@ -29,11 +29,22 @@ def mask_hash(ctx: CandidateContext, plan: PruningPlan | None = None) -> str:
     """Hash of which weights are zero in every prunable layer: equal hashes = identical masks.
 
     With a plan that updates the kept weights (SparseGPT, ADMM), the update and its settings are
-    hashed too: equal masks then give equal weights only under the same update."""
+    hashed too: equal masks then give equal weights only under the same update. Computed once per
+    candidate (``ctx.candidate_memo``)."""
+    key = ("mask_hash", None if plan is None or plan.update == "none" else (plan.update, plan.admm.model_dump_json()))
+    memo = ctx.candidate_memo
+    if key not in memo:
+        memo[key] = masks_digest(ctx.modules, plan)
+    return memo[key]
+
+
+@torch.no_grad()
+def masks_digest(modules: dict, plan: PruningPlan | None = None) -> str:
+    """``mask_hash`` of named linear layers as they are (not memoised)."""
     h = hashlib.blake2b(digest_size=16)
     if plan is not None and plan.update != "none":
         h.update(f"update={plan.update};admm={plan.admm.model_dump_json() if plan.update == 'admm' else ''}".encode())
-    for name, m in ctx.modules.items():
+    for name, m in modules.items():
         h.update(name.encode())
         h.update(np.packbits((m.weight == 0).cpu().numpy()).tobytes())
     return h.hexdigest()
