@@ -50,8 +50,7 @@ def forward_seconds(ctx, ids: torch.Tensor, repeats: int) -> float:
 def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) -> tuple[list[dict], list[dict], list]:
     """Seconds of ``n`` random candidates of ``space`` (seeded): per candidate ``decode``, ``masks``
     (masks on the working copy) and ``candidate`` (decode + masks + objectives, as a trial scores
-    it: ``score_candidate`` finds the masks applied); the parameter sets drawn and their plans. The
-    working copy is restored at the end."""
+    it); the parameter sets drawn and their plans."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     rows, drawn, plans = [], [], []
     for _ in range(n):
@@ -59,15 +58,23 @@ def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) ->
         drawn.append(params)
         t0 = time.perf_counter()
         plan = space.decode(params, profile)
-        t1 = time.perf_counter()
-        ctx.apply(plan)
-        t2 = time.perf_counter()
-        score_candidate(ctx, plan, objectives)
-        t3 = time.perf_counter()
-        ctx.restore()
-        rows.append(dict(decode=t1 - t0, masks=t2 - t1, candidate=t3 - t0))
+        decode = time.perf_counter() - t0
+        masks, scored = time_one(ctx, plan, objectives)
+        rows.append(dict(decode=decode, masks=masks, candidate=decode + scored))
         plans.append(plan)
     return rows, drawn, plans
+
+
+def time_one(ctx, plan, objectives: list) -> tuple[float, float]:
+    """Seconds to apply ``plan``'s masks, and to apply them and compute the objectives (as a trial
+    scores it: ``score_candidate`` finds the masks applied); the working copy restored after."""
+    t0 = time.perf_counter()
+    ctx.apply(plan)
+    t1 = time.perf_counter()
+    score_candidate(ctx, plan, objectives)
+    t2 = time.perf_counter()
+    ctx.restore()
+    return t1 - t0, t2 - t0
 
 
 def time_allocations(ctx, plan, objectives: list, n: int, seed: int, spread: float = 0.1) -> list[dict]:
@@ -82,13 +89,8 @@ def time_allocations(ctx, plan, objectives: list, n: int, seed: int, spread: flo
         offsets = (torch.rand(len(ctx.blocks), generator=gen, dtype=torch.float64) * 2 - 1) * spread
         per_block = (offsets - offsets.mean() + target).clamp(0.0, 0.99).tolist()
         candidate = plan.model_copy(update={"sparsity": [round(x, 10) for x in per_block]})
-        t0 = time.perf_counter()
-        ctx.apply(candidate)
-        t1 = time.perf_counter()
-        score_candidate(ctx, candidate, objectives)
-        t2 = time.perf_counter()
-        ctx.restore()
-        rows.append(dict(masks=t1 - t0, candidate=t2 - t0))
+        masks, scored = time_one(ctx, candidate, objectives)
+        rows.append(dict(masks=masks, candidate=scored))
     return rows
 
 

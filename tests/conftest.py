@@ -125,15 +125,20 @@ def prune(calibrated):
 
     model, stats, _ = calibrated
     blocks = decoder_blocks(model)
-    memo: dict[str, dict] = {}
+    return _memoised_by_plan(lambda plan: {
+        f"{i}.{name}": prune_weight(lin.weight, stats[i].get(name), plan, plan.sparsity_for(i, name, len(blocks)))[0]
+        for i, block in enumerate(blocks) for name, lin in prunable_linears(block).items()
+    })
+
+
+def _memoised_by_plan(compute):
+    """``compute(plan)``, computed once per distinct plan (keyed by its dict form)."""
+    memo: dict[str, object] = {}
 
     def run(plan):
         key = json.dumps(plan.to_dict(), sort_keys=True)
         if key not in memo:
-            memo[key] = {
-                f"{i}.{name}": prune_weight(lin.weight, stats[i].get(name), plan, plan.sparsity_for(i, name, len(blocks)))[0]
-                for i, block in enumerate(blocks) for name, lin in prunable_linears(block).items()
-            }
+            memo[key] = compute(plan)
         return memo[key]
 
     return run
@@ -151,20 +156,16 @@ def plan_scores(calibrated):
 
     model, stats, _ = calibrated
     blocks = decoder_blocks(model)
-    memo: dict[str, list] = {}
 
-    def run(plan):
-        key = json.dumps(plan.to_dict(), sort_keys=True)
-        if key not in memo:
-            ranking = "nm" if plan.nm else (plan.group or default_group(plan.metric))
-            memo[key] = [
-                (score(plan.metric, lin.weight, stats[i].get(name)),
-                 metric_mask(lin.weight, stats[i].get(name), plan, plan.sparsity_for(i, name, len(blocks))), ranking)
-                for i, block in enumerate(blocks) if i in (0, BLOCKS - 1) for name, lin in prunable_linears(block).items()
-            ]
-        return memo[key]
+    def compute(plan):
+        ranking = "nm" if plan.nm else (plan.group or default_group(plan.metric))
+        return [
+            (score(plan.metric, lin.weight, stats[i].get(name)),
+             metric_mask(lin.weight, stats[i].get(name), plan, plan.sparsity_for(i, name, len(blocks))), ranking)
+            for i, block in enumerate(blocks) if i in (0, BLOCKS - 1) for name, lin in prunable_linears(block).items()
+        ]
 
-    return run
+    return _memoised_by_plan(compute)
 
 
 @pytest.fixture(scope="session")
