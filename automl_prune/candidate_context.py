@@ -17,6 +17,7 @@ a new selection. Applying the plan the weights already hold does nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,10 +77,13 @@ class CandidateContext:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put the dense weights back."""
+        """Put the dense weights back (nothing to do when they were put back and nothing was applied
+        since: the context changes its weights only through ``apply``)."""
+        if self._applied.get("dense"):
+            return
         for k, m in self.modules.items():
             m.weight.data.copy_(self.dense[k])
-        self._applied.update(levels=None, plan=None, result=None, memo={})
+        self._applied.update(levels=None, plan=None, result=None, memo={}, dense=True)
 
     def apply(self, plan: PruningPlan) -> PruneResult:
         """Prune the dense weights in place with ``plan`` from the dense (one-shot) statistics, or,
@@ -90,7 +95,11 @@ class CandidateContext:
         key = json.dumps(plan.model_dump(mode="json"), sort_keys=True)
         if self._applied.get("plan") == key:
             return self._applied["result"]
-        result = self._apply(plan, key)
+        try:
+            result = self._apply(plan, key)
+        except BaseException:  # the weights are in no known state: the next plan starts from scratch
+            self._applied.update(levels=None, plan=None, result=None, memo={}, dense=False)
+            raise
         self._applied.update(plan=key, result=result, memo={})
         return result
 
@@ -101,26 +110,81 @@ class CandidateContext:
         ``apply`` or ``restore``."""
         return self._applied.setdefault("memo", {})
 
+    @property
+    def applied_result(self) -> PruneResult | None:
+        """The result of the plan the weights hold now (None when they are dense)."""
+        return self._applied.get("result")
+
+    @torch.no_grad()
+    def mask_bits(self) -> dict[str, bytes]:
+        """Per layer, which of its weights are zero now, packed eight to a byte (row-major);
+        computed once per candidate."""
+        memo = self.candidate_memo
+        if "mask_bits" not in memo:
+            memo["mask_bits"] = {k: np.packbits((m.weight == 0).cpu().numpy()).tobytes() for k, m in self.modules.items()}
+        return memo["mask_bits"]
+
+    def layer_digests(self) -> dict[str, bytes]:
+        """Per layer, a 16-byte digest of :meth:`mask_bits` (equal digests: equal masks); computed
+        once per candidate."""
+        memo = self.candidate_memo
+        if "layer_digests" not in memo:
+            memo["layer_digests"] = {k: hashlib.blake2b(b, digest_size=16).digest() for k, b in self.mask_bits().items()}
+        return memo["layer_digests"]
+
     def _apply(self, plan: PruningPlan, key: str) -> PruneResult:
         levels = self.levels.levels_of(plan, len(self.blocks)) if self.levels is not None else None
+        # "dense" is cleared before the weights change: a plan that fails half-way leaves them changed
         if levels is not None:
+            self._applied["dense"] = False
             return self._swap(plan, levels)
         if plan.update == "none":
             key = None
         if key is not None and key in self._updated:
             weights, result = self._updated[key]
             self._updated.move_to_end(key)
+            self._applied["dense"] = False
             for k, m in self.modules.items():
                 m.weight.data.copy_(weights[k])
             self._applied.update(levels=None)
             return result
-        self.restore()
-        result = prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False, scores=self.scores)
+        result = self._reallocated(plan)
+        if result is None:
+            self.restore()
+            self._applied["dense"] = False
+            result = prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False, scores=self.scores)
         if key is not None and 0 < self._entry_bytes <= UPDATED_CACHE_BYTES:
             while self._updated and (len(self._updated) + 1) * self._entry_bytes > UPDATED_CACHE_BYTES:
                 self._updated.popitem(last=False)
             self._updated[key] = ({k: m.weight.detach().clone() for k, m in self.modules.items()}, result)
         return result
+
+    def _reallocated(self, plan: PruningPlan) -> PruneResult | None:
+        """When the weights hold a pruned plan that differs from ``plan`` in its allocation alone
+        (``sparsity``, ``layer_sparsity``): prune again only the layers whose target changed (each
+        layer is pruned one-shot from the dense statistics, independently of the others, so the
+        rest already hold ``plan``'s weights); None when that does not apply."""
+        prev = self._applied.get("result")
+        if prev is None or self._applied.get("levels") is not None or self._applied.get("dense"):
+            return None
+        allocation = {"sparsity", "layer_sparsity"}
+        if (prev.plan.model_dump(exclude=allocation) != plan.model_dump(exclude=allocation)
+                or set(prev.layers) != set(self.modules) or prev.permutations):
+            return None
+        n = len(self.blocks)
+
+        def target(p: PruningPlan, name: str) -> float:
+            block, layer = name.split(".", 1)
+            return p.sparsity_for(int(block), layer, n)
+
+        changed = {k for k in self.modules if target(plan, k) != target(prev.plan, k)}
+        self._applied["dense"] = False
+        for k in changed:
+            self.modules[k].weight.data.copy_(self.dense[k])
+        part = prune_model(self.model, plan, stats=self.stats, device=self.device, progress=False, scores=self.scores,
+                           only=changed)
+        layers = {k: part.layers[k] if k in changed else dict(prev.layers[k]) for k in self.modules}
+        return PruneResult(plan, layers, info={**part.info, "layers_pruned": len(changed)})
 
     @contextmanager
     def applied(self, plan: PruningPlan) -> Iterator[PruneResult]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import statistics
 import time
@@ -65,32 +66,48 @@ def time_candidates(ctx, profile, space, objectives: list, n: int, seed: int) ->
     return rows, drawn, plans
 
 
-def time_one(ctx, plan, objectives: list) -> tuple[float, float]:
+def time_one(ctx, plan, objectives: list, restore: bool = True) -> tuple[float, float]:
     """Seconds to apply ``plan``'s masks, and to apply them and compute the objectives (as a trial
-    scores it: ``score_candidate`` finds the masks applied); the working copy restored after."""
+    scores it: ``score_candidate`` finds the masks applied); the working copy restored after unless
+    ``restore`` is False (a search leaves it pruned: the next candidate starts from it)."""
     t0 = time.perf_counter()
     ctx.apply(plan)
     t1 = time.perf_counter()
     score_candidate(ctx, plan, objectives)
     t2 = time.perf_counter()
-    ctx.restore()
+    if restore:
+        ctx.restore()
     return t1 - t0, t2 - t0
 
 
-def time_allocations(ctx, plan, objectives: list, n: int, seed: int, spread: float = 0.1) -> list[dict]:
-    """Seconds of ``n`` allocation-only candidates: ``plan``'s metric (already scored once, as in a
-    search) at random per-block sparsities of the same mean (uniform in +-``spread``), as an
-    allocation search proposes them. ``masks`` and ``candidate`` (masks + objectives) per candidate;
-    the first one also turns the stored scores into ranks (score_cache.py)."""
+def time_allocations(ctx, plan, objectives: list, n: int, seed: int, spread: float = 0.1, moves: bool = False) -> list[dict]:
+    """Seconds of ``n`` allocation-only candidates of ``plan``'s metric (already scored once, as in
+    a search), scored one after the other as a search does (no restore between). Without ``moves``:
+    random per-block sparsities of the same mean (uniform in +-``spread``; every block changes; the
+    first one also turns the stored scores into ranks, score_cache.py). With ``moves``: EvoPress's
+    mutation at block granularity, each child of the previous one by 1-3 switches (one block
+    ``spread / 4`` up, another as much down; the mean kept), so the blocks left alone keep their
+    masks and errors. ``masks`` and ``candidate`` (masks + objectives) per candidate."""
     target = plan.sparsity if isinstance(plan.sparsity, float) else float(sum(plan.sparsity) / len(plan.sparsity))
     gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    nb = len(ctx.blocks)
+    current = [target] * nb
+    step = spread / 4
     rows = []
     for _ in range(n):
-        offsets = (torch.rand(len(ctx.blocks), generator=gen, dtype=torch.float64) * 2 - 1) * spread
-        per_block = (offsets - offsets.mean() + target).clamp(0.0, 0.99).tolist()
+        if moves:
+            for _ in range(min(rng.randint(1, 3), rng.randint(1, 3))):
+                a, b = rng.sample(range(nb), 2)
+                current[a], current[b] = current[a] + step, current[b] - step
+            per_block = current
+        else:
+            offsets = (torch.rand(nb, generator=gen, dtype=torch.float64) * 2 - 1) * spread
+            per_block = (offsets - offsets.mean() + target).clamp(0.0, 0.99).tolist()
         candidate = plan.model_copy(update={"sparsity": [round(x, 10) for x in per_block]})
-        masks, scored = time_one(ctx, candidate, objectives)
+        masks, scored = time_one(ctx, candidate, objectives, restore=False)
         rows.append(dict(masks=masks, candidate=scored))
+    ctx.restore()
     return rows
 
 
@@ -123,8 +140,10 @@ def main() -> None:
     alloc = None
     if args.allocation_candidates and plans[0].nm is None:
         arows = time_allocations(ctx, plans[-1], objectives, args.allocation_candidates, args.seed)
+        mrows = time_allocations(ctx, plans[-1], objectives, args.allocation_candidates, args.seed, moves=True)
         alloc = dict(candidates=len(arows), first_seconds={k: round(v, 3) for k, v in arows[0].items()},
-                     median_seconds={k: round(statistics.median(r[k] for r in arows[1:] or arows), 3) for k in arows[0]})
+                     median_seconds={k: round(statistics.median(r[k] for r in arows[1:] or arows), 3) for k in arows[0]},
+                     moves_median_seconds={k: round(statistics.median(r[k] for r in mrows), 3) for k in mrows[0]})
     peak_cached = peak_rss_mib()
     reload = reload_per_candidate(config, drawn[: args.reload_candidates]) if args.reload_candidates else None
     result = dict(config=args.config, space=config.space, objectives=[o.model_dump() for o in config.objectives],
@@ -155,7 +174,10 @@ def main() -> None:
         md += (f"| allocation-only candidate (the last metric at {alloc['candidates']} random per-block "
                f"allocations): masks + objectives, median (s) | {alloc['median_seconds']['candidate']:.2f} |\n"
                f"| of which masks (s) | {alloc['median_seconds']['masks']:.2f} |\n"
-               f"| the first of them, which also ranks the stored scores (s) | {alloc['first_seconds']['candidate']:.2f} |\n")
+               f"| the first of them, which also ranks the stored scores (s) | {alloc['first_seconds']['candidate']:.2f} |\n"
+               f"| allocation move (EvoPress's mutation by blocks: 1-3 switches of two blocks' sparsities by 0.025, "
+               f"{alloc['candidates']} in a row): masks + objectives, median (s) | {alloc['moves_median_seconds']['candidate']:.2f} |\n"
+               f"| of which masks (s) | {alloc['moves_median_seconds']['masks']:.2f} |\n")
     md += (f"| score cache bound (MiB) | {result['score_cache_mib']} |\n"
           f"| peak resident memory, cached loop (MiB) | {peak_cached:.0f} |\n")
     if reload:

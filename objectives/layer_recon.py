@@ -37,6 +37,10 @@ Weightings (``weighting``) that combine the per-layer errors into one number:
 
 from __future__ import annotations
 
+import json
+import os
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +48,7 @@ from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.evaluation.kl import swapped_weights
 from automl_prune.pruning.apply import PruneResult
+from automl_prune.pruning.database import base_fields
 
 from . import probe as P
 from .base import Objective, Reporter, register
@@ -97,6 +102,55 @@ def output_fisher(ctx: CandidateContext, ids: torch.Tensor, *, labels: str = "da
         for p, f in zip(params, flags):
             p.requires_grad_(f)
     return {k: (v / max(count, 1)).float() for k, v in acc.items()}
+
+
+class GroupErrors:
+    """Per-row errors of layer groups by what their layers hold, across the candidates of one
+    context: an allocation move that leaves a layer's mask alone (an evolution child switches a few
+    layers' levels; a per-block allocation that keeps a block's sparsity) costs only the groups it
+    changed. A layer's key is the digest of its zero mask (``CandidateContext.layer_digests``):
+    without a weight update the pruned weights are the dense ones under that mask. With an update
+    (SparseGPT, ADMM; pruned one-shot, layer by layer, from the dense statistics) its weights also
+    depend on the plan's metric, pattern, refinement and update settings and the layer's target
+    sparsity, which join the key. Values are the same tensors a fresh computation gives (the same
+    product on the same weights). Bounded: least recently used first out beyond ``budget_bytes``
+    (256 MiB by default, ``$AUTOML_PRUNE_LAYER_ERRORS_MB``; SmolLM2-135M: 0.6 MB a candidate)."""
+
+    def __init__(self, budget_bytes: int | None = None):
+        self.budget = int(float(os.environ.get("AUTOML_PRUNE_LAYER_ERRORS_MB", 256)) * 2**20) if budget_bytes is None else budget_bytes
+        self.entries: OrderedDict = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+
+    @staticmethod
+    def layer_keys(ctx: CandidateContext) -> dict | None:
+        """Per layer, what its weights are a function of (None when the context holds no applied plan)."""
+        result = ctx.applied_result
+        if result is None:
+            return None
+        digests = ctx.layer_digests()
+        plan = result.plan
+        if plan.update == "none":
+            return digests
+        base = json.dumps(base_fields(plan), sort_keys=True)
+        return {n: (d, base, (result.layers.get(n) or {}).get("target")) for n, d in digests.items()}
+
+    def get(self, key) -> torch.Tensor | None:
+        rows = self.entries.get(key)
+        if rows is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+        return rows
+
+    def put(self, key, rows: torch.Tensor) -> None:
+        size = rows.numel() * rows.element_size()
+        if size > self.budget:
+            return
+        while self.entries and self.bytes + size > self.budget:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        self.entries[key] = rows
+        self.bytes += size
 
 
 @register
@@ -180,26 +234,38 @@ class LayerRecon(Objective):
     # ----- per candidate ------------------------------------------------------------------------
     @staticmethod
     @torch.no_grad()
-    def _row_errors(ctx: CandidateContext, groups, *, dense: bool = False) -> dict[str, torch.Tensor]:
+    def _row_errors(ctx: CandidateContext, groups, *, dense: bool = False, known: GroupErrors | None = None,
+                    op_key=None) -> dict[str, torch.Tensor]:
         """Per output row: (dW G dW^T)_ii (or (W G W^T)_ii for the dense weights); with a sketched
-        operator B (in x r, r < in): ||(dW B)_i||^2."""
+        operator B (in x r, r < in): ||(dW B)_i||^2. ``known``: the errors of groups whose layers
+        held the same weights before (see :class:`GroupErrors`), read and filled."""
         out: dict[str, torch.Tensor] = {}
+        layer_keys = None if known is None or dense else known.layer_keys(ctx)
         for names, op, _n in groups:
-            mats = [ctx.dense[n] if dense else ctx.pruned_delta(n) for n in names]
-            d = mats[0] if len(mats) == 1 else torch.cat(mats)
-            d = d.to(op.device, torch.float32)
-            rows = ((d @ op) * d).sum(1) if op.shape[0] == op.shape[1] else (d @ op).square().sum(1)
-            for n, r in zip(names, rows.split([m.shape[0] for m in mats])):
+            key = None if layer_keys is None else (op_key, tuple(layer_keys[n] for n in names))
+            rows = known.get(key) if key is not None else None
+            sizes = [ctx.modules[n].out_features for n in names]
+            if rows is None:
+                mats = [ctx.dense[n] if dense else ctx.pruned_delta(n) for n in names]
+                d = mats[0] if len(mats) == 1 else torch.cat(mats)
+                d = d.to(op.device, torch.float32)
+                rows = ((d @ op) * d).sum(1) if op.shape[0] == op.shape[1] else (d @ op).square().sum(1)
+                if key is not None:
+                    known.put(key, rows)
+            for n, r in zip(names, rows.split(sizes)):
                 out[n] = r
         return out
 
     def row_errors(self, ctx: CandidateContext) -> dict[str, torch.Tensor]:
         """Per layer, per output row: the pruning error of the model as it is now (computed once per
-        candidate and operator: the weightings of one candidate share the Gram products)."""
-        key = ("layer_recon_rows", self.sketch, self.seed if self.sketch is not None else None)
+        candidate and operator: the weightings of one candidate share the Gram products; a group of
+        layers whose weights an earlier candidate held is not computed again)."""
+        op_key = (self.sketch, self.seed if self.sketch is not None else None)
+        key = ("layer_recon_rows", *op_key)
         memo = ctx.candidate_memo
         if key not in memo:
-            memo[key] = self._row_errors(ctx, self._operators(ctx))
+            known = ctx.memo.setdefault("layer_recon_known", GroupErrors())
+            memo[key] = self._row_errors(ctx, self._operators(ctx), known=known, op_key=op_key)
         return memo[key]
 
     def layer_errors(self, ctx: CandidateContext) -> dict[str, tuple[float, float]]:

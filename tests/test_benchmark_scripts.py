@@ -167,3 +167,20 @@ def test_polish_fidelity_smoke(polished_front, tmp_path):
         assert all(same) if windows == 1 else not any(same)
     text = (tmp_path / "results" / "polish_fidelity_0.4.md").read_text()
     assert "`kl` (1 probe windows)" in text and "`kl` on 3 probe windows" in text
+
+
+def test_kl_cost_smoke(tiny_llama_dir, data_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from study_configs import tiny_study_config
+
+    config = tiny_study_config(tmp_path, tiny_llama_dir, data_dir)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kl_cost.py"), "--config", str(config), "--tokens", "64", "256",
+           "--probe-seqlen", "64", "--heldout-windows", "2", "--candidates", "2", "--stem", "smoke",
+           "--results-dir", str(tmp_path / "results")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    assert [r["tokens"] for r in result["rows"]] == [64, 256]
+    assert all(r["candidate_seconds"] > 0 and r["vs_heldout"] > 0 for r in result["rows"])
+    assert result["heldout_tokens"] > 0 and result["heldout_ppl"] > 1
+    assert "/ held-out evaluation" in (tmp_path / "results" / "smoke.md").read_text()

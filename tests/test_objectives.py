@@ -338,3 +338,36 @@ def test_objectives_of_one_candidate_share_the_gram_products(monkeypatch):
     ctx.apply(plan_for_method("wanda", sparsity=0.6))
     assert objs[0](ctx, result) > values[0] and len(calls) == 3
     ctx.restore()
+
+
+def test_layer_recon_computes_only_the_groups_an_allocation_move_changed():
+    """Per-block allocations scored in a row: a block whose masks an earlier candidate held is read
+    back, not recomputed, and every value equals a computation without that memory (mask-only and
+    SparseGPT-updated plans)."""
+    from objectives.layer_recon import GroupErrors
+
+    ctx = _context(sharpen=False)
+    obj = make_objective("layer_recon", weighting="fisher", fisher_windows=1)
+    obj.prepare(ctx)
+    n = len(ctx.blocks)
+    groups_per_block = len(obj._groups(ctx)) // n
+    for method in ("wanda", "sparsegpt"):
+        ctx.memo["layer_recon_known"] = GroupErrors()
+        base = plan_for_method(method, sparsity=0.5)
+        allocations = [[0.5] * n, [0.6] + [0.5] * (n - 1), [0.6, 0.4] + [0.5] * (n - 2), [0.5] * n]
+        values, hits = [], []
+        for alloc in allocations:
+            known = ctx.memo["layer_recon_known"]
+            before = known.hits
+            result = ctx.apply(base.model_copy(update={"sparsity": alloc}))
+            values.append(obj(ctx, result))
+            hits.append(known.hits - before)
+            ctx.memo["layer_recon_known"], saved = GroupErrors(budget_bytes=0), known  # no memory
+            ctx.candidate_memo.clear()
+            assert obj(ctx, result) == values[-1], (method, alloc)
+            ctx.memo["layer_recon_known"] = saved
+            ctx.restore()
+        # first: nothing seen; then blocks 1.. as before; then all but block 1 (block 0 as in the second);
+        # last: the first allocation again
+        assert hits == [0, (n - 1) * groups_per_block, (n - 1) * groups_per_block, n * groups_per_block], (method, hits)
+        assert values[0] == values[-1] and len(set(values[:3])) == 3

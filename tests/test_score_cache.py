@@ -125,3 +125,125 @@ def test_applying_the_plan_the_weights_hold_does_no_work(ctx):
     third = ctx.apply(plan)
     assert third is not first and third.realised_sparsity == first.realised_sparsity
     ctx.restore()
+
+
+# ----- the candidate's fast path: same weights, same counts, fewer passes -----------------------------
+def test_zeroing_by_a_multiply_gives_masked_fills_weights():
+    from automl_prune.pruning.layer import zeroed
+
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(37, 53, generator=gen)
+    w[0, :5] = torch.tensor([-0.0, 0.0, float("inf"), float("-inf"), float("nan")])
+    mask = torch.rand(37, 53, generator=gen) < 0.5
+    mask[0, :5] = torch.tensor([True, True, True, False, True])
+    want = w.masked_fill(mask, 0.0)
+    for inplace in (False, True):
+        got = zeroed(w.clone(), mask, inplace=inplace)
+        # bit for bit (a pruned negative weight is +0.0, never -0.0; pruned inf and nan become 0)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), inplace
+    finite = w[1:]
+    got = zeroed(finite.clone(), mask[1:], inplace=True)
+    assert torch.equal(got.view(torch.int32), finite.masked_fill(mask[1:], 0.0).view(torch.int32))
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (96, 64), (576, 1536), (1536, 576)])
+def test_bawa_l1_norms_as_float64_sums_have_the_bits_of_vector_norm(shape):
+    a = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0])).abs() * 3
+    for dim in (0, 1):
+        assert torch.equal(a.sum(dim, dtype=torch.float64), torch.linalg.vector_norm(a, ord=1, dim=dim, dtype=torch.float64))
+
+
+def test_zero_counts_of_a_context_prune_include_the_dense_zeros(calibrated):
+    """A candidate's zero count comes from its masks when the dense weights have no zero, and from
+    the weights when they have some; both equal the count of the pruned weights' zeros."""
+    model, stats, _ = calibrated
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[:, :3] = 0.0  # dense zeros, some kept by the mask, some pruned
+    c = CandidateContext(model, stats=stats, probe_ids=torch.zeros(1, 8, dtype=torch.long))
+    for sparsity in (0.5, [0.3, 0.6, 0.45, 0.65][: len(c.blocks)], 0.5):
+        result = c.apply(PruningPlan(metric=WandaMetric(), sparsity=sparsity))
+        for k, m in c.modules.items():
+            assert result.layers[k]["zeros"] == int((m.weight == 0).sum()), k
+        c.restore()
+
+
+def test_a_plan_that_fails_half_way_is_still_restored(calibrated):
+    """The context skips restoring weights it knows to be dense; a plan that raises after pruning
+    some layers leaves them changed, and the next restore puts them back."""
+    from automl_prune.errors import PruningError
+
+    model, stats, _ = calibrated
+    broken = [dict(b) for b in stats]
+    last = len(broken) - 1
+    layer = next(iter(broken[last]))
+    st = copy.copy(broken[last][layer])
+    st.sumsq = torch.full_like(st.sumsq, float("nan"))
+    broken[last][layer] = st
+    c = CandidateContext(copy.deepcopy(model), stats=broken, probe_ids=torch.zeros(1, 8, dtype=torch.long))
+    c.restore()
+    with pytest.raises(PruningError):
+        c.apply(PruningPlan(metric=WandaMetric(), sparsity=0.5))
+    assert any(not torch.equal(m.weight, c.dense[k]) for k, m in c.modules.items())  # block 0 was pruned
+    c.restore()
+    assert all(torch.equal(m.weight, c.dense[k]) for k, m in c.modules.items())
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude", "sparsegpt"])
+def test_allocation_moves_prune_only_the_layers_whose_target_changed(calibrated, method):
+    """Consecutive candidates that differ in their allocation alone (as a search scores them, no
+    restore between): only the layers whose target changed are pruned again, and every candidate's
+    weights and per-layer result equal a fresh prune of the dense model."""
+    from automl_prune.pruning.apply import prune_model
+    from automl_prune.pruning.methods import plan_for_method
+
+    from automl_prune.calibration.dense import dense_statistics
+    from tiny_models import byte_windows
+
+    model, stats, _ = calibrated
+    if method == "sparsegpt":  # an update: the statistics need the Gram matrices
+        stats = dense_statistics(model, byte_windows(4, 32)[0], with_gram=True, use_cache=False, progress=False).stats
+    c = CandidateContext(copy.deepcopy(model), stats=stats, probe_ids=torch.zeros(1, 8, dtype=torch.long))
+    n = len(c.blocks)
+    per_block = len(c.modules) // n
+    base = plan_for_method(method, sparsity=0.5)
+    allocations = [0.5, [0.6] + [0.5] * (n - 1), [0.6, 0.4] + [0.5] * (n - 2), [0.6, 0.4] + [0.5] * (n - 2),
+                   [0.5, 0.4] + [0.55] * (n - 2)]
+    pruned = [None, per_block, per_block, None, (n - 1) * per_block]  # None: nothing to compare (first; the plan held)
+    for alloc, want in zip(allocations, pruned):
+        plan = base.model_copy(update={"sparsity": alloc})
+        result = c.apply(plan)
+        fresh_model = copy.deepcopy(model)
+        fresh = prune_model(fresh_model, plan, stats=stats, progress=False)
+        fresh_modules = CandidateContext(fresh_model, stats=stats, probe_ids=torch.zeros(1, 8, dtype=torch.long)).modules
+        assert all(torch.equal(m.weight, fresh_modules[k].weight) for k, m in c.modules.items()), alloc
+        strip = lambda layers: {k: {f: v for f, v in d.items() if f != "seconds"} for k, d in layers.items()}  # noqa: E731
+        assert strip(result.layers) == strip(fresh.layers)
+        if want is not None:
+            assert result.info["layers_pruned"] == want, alloc
+    c.restore()
+    assert all(torch.equal(m.weight, c.dense[k]) for k, m in c.modules.items())
+
+
+def test_a_failed_allocation_move_leaves_no_stale_state(calibrated):
+    """A plan that fails after pruning some layers: the context no longer claims to hold the plan
+    before it, so applying that plan again prunes it (rather than returning at once)."""
+    from automl_prune.errors import PruningError
+
+    model, stats, _ = calibrated
+    n = len(stats)
+    broken = [dict(b) for b in stats]
+    layer = next(iter(broken[n - 1]))
+    st = copy.copy(broken[n - 1][layer])
+    st.sumsq = torch.full_like(st.sumsq, float("nan"))  # Wanda's scores of this layer: NaN
+    broken[n - 1][layer] = st
+    c = CandidateContext(copy.deepcopy(model), stats=broken, probe_ids=torch.zeros(1, 8, dtype=torch.long))
+    first = PruningPlan(metric=WandaMetric(), sparsity=[0.5] * (n - 1) + [0.0])  # the broken layer is left dense
+    c.apply(first)
+    with pytest.raises(PruningError):  # blocks 0.. re-pruned at 0.3, then the broken layer fails
+        c.apply(first.model_copy(update={"sparsity": [0.3] * n}))
+    again = c.apply(first)
+    fresh = CandidateContext(copy.deepcopy(model), stats=broken, probe_ids=torch.zeros(1, 8, dtype=torch.long))
+    want = fresh.apply(first)
+    assert all(torch.equal(m.weight, fresh.modules[k].weight) for k, m in c.modules.items())
+    assert again.realised_sparsity == want.realised_sparsity

@@ -55,6 +55,7 @@ def prune_model(
     windows_info: dict | None = None,
     progress: bool = True,
     scores: ScoreCache | None = None,
+    only: set[str] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place according to ``plan``.
 
@@ -62,7 +63,9 @@ def prune_model(
     computed from ``input_ids``); sequential mode recomputes each block's statistics on the
     outputs of the already pruned blocks. Returns realised sparsity per layer (counted from the
     weights, not assumed). ``scores``: a score cache for one-shot pruning from ``stats`` of this
-    model's dense weights (the candidate context's; score_cache.py).
+    model's dense weights (the candidate context's; score_cache.py). ``only``: one-shot, prune
+    just these layers (``"<block>.<name>"``, which must hold their dense weights) and leave the
+    others as they are; the result lists those layers alone.
     """
     blocks = decoder_blocks(model)
     result = PruneResult(plan)
@@ -72,14 +75,23 @@ def prune_model(
     if need_stats and stats is None and input_ids is None:
         raise ValueError("this plan needs calibration windows (input_ids) or precomputed statistics")
 
+    if only is not None and plan.mode != "one-shot":
+        raise ValueError("pruning some layers alone ('only') needs a one-shot plan")
+
     def prune_block(i: int, block: nn.Module, block_stats: BlockStats, cache: ScoreCache | None = None) -> None:
         for name, lin in prunable_linears(block).items():
+            if only is not None and f"{i}.{name}" not in only:
+                continue
             target = plan.sparsity_for(i, name, len(blocks))
-            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name, block=i, scores=cache)
+            new, info = prune_weight(lin.weight, block_stats.get(name), plan, target, name, block=i, scores=cache,
+                                     inplace=True)
             if "order" in info:
                 result.permutations[f"{i}.{name}"] = info.pop("order")
-            lin.weight.data.copy_(new)
-            zeros = int((lin.weight == 0).sum())
+            if new.data_ptr() != lin.weight.data_ptr():
+                lin.weight.data.copy_(new)
+            zeros = info.pop("zeros", None)
+            if zeros is None:
+                zeros = int((lin.weight == 0).sum())
             result.layers[f"{i}.{name}"] = dict(target=round(target, 6), zeros=zeros, numel=lin.weight.numel(),
                                                  sparsity=round(zeros / lin.weight.numel(), 6), **info)
 

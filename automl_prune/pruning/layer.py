@@ -35,7 +35,9 @@ def metric_scores(weight: torch.Tensor, stats: LinearStats | None, plan: Pruning
     """The plan's metric scores of ``weight``; PruningError if any is not finite (``label``: where,
     from ``_where``)."""
     s = score(plan.metric, weight, stats)
-    if not torch.isfinite(s).all():
+    # one reduction first (a sum is finite when every score is, barring overflow); the elementwise
+    # check only when it is not
+    if not bool(torch.isfinite(s.sum())) and not bool(torch.isfinite(s).all()):
         bad = int((~torch.isfinite(s)).sum())
         raise PruningError(f"metric {plan.metric.name} gave {bad} non-finite scores{label} "
                            f"({RECOMPUTE_HINT})")
@@ -79,8 +81,10 @@ def metric_key(plan: PruningPlan) -> str:
 
 
 def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float,
-                 name: str = "", *, block: int | None = None, scores: ScoreCache | None = None) -> tuple[torch.Tensor, dict]:
-    """The pruned copy of ``weight`` (same dtype) and a small info dict (``order``: the channel
+                 name: str = "", *, block: int | None = None, scores: ScoreCache | None = None,
+                 inplace: bool = False) -> tuple[torch.Tensor, dict]:
+    """The pruned copy of ``weight`` (same dtype; with ``inplace``, ``weight`` itself pruned in place
+    where the plan allows it, else a copy) and a small info dict (``order``: the channel
     permutation as a tensor, when the plan permutes). ``name``: the layer's name in its block
     (``mlp.down_proj``), for the refinement's ``skip`` list and messages; ``block``: its block's
     index, for messages and (with ``scores``) the layer's key in the score cache: an unstructured
@@ -100,8 +104,11 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
 
     if scores is not None and plan.nm is None and plan.permute == "none" and plan.refine == "none":
         group = plan.group or default_group(plan.metric)
-        mask = scores.mask(metric_key(plan), f"{block}.{name}", group, sparsity, lambda: metric_scores(w, stats, plan, label))
-        return _updated(w, weight, stats, plan, sparsity, mask, None, info, label)
+        layer = f"{block}.{name}"
+        mask = scores.mask(metric_key(plan), layer, group, sparsity, lambda: metric_scores(w, stats, plan, label))
+        if plan.update == "none" and scores.dense_zeros(layer, w) == 0:
+            info["zeros"] = int(mask.sum())  # the zeros of the pruned weight: the mask's, as the dense one has none
+        return _updated(w, weight, stats, plan, sparsity, mask, None, info, label, inplace)
 
     s = metric_scores(w, stats, plan, label)
     perm = None
@@ -122,13 +129,15 @@ def prune_weight(weight: torch.Tensor, stats: LinearStats | None, plan: PruningP
         mask = mask.clone()
         mask[:, cols] = r.mask  # back to the original channel order
         info.update(dsnot_swaps=r.swaps)
-    return _updated(w, weight, stats, plan, sparsity, mask, perm, info, label)
+    return _updated(w, weight, stats, plan, sparsity, mask, perm, info, label, inplace)
 
 
 def _updated(w: torch.Tensor, weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float,
-             mask: torch.Tensor, perm: torch.Tensor | None, info: dict, label: str) -> tuple[torch.Tensor, dict]:
+             mask: torch.Tensor, perm: torch.Tensor | None, info: dict, label: str,
+             inplace: bool = False) -> tuple[torch.Tensor, dict]:
     """The pruned copy of ``weight`` from its float32 copy ``w`` and the mask: the plan's update
-    (none, SparseGPT or ADMM) applied."""
+    (none, SparseGPT or ADMM) applied (without an update and with ``inplace``: ``weight`` itself
+    when it is float32)."""
     if plan.update == "sparsegpt":
         new, mask, sg_info = sparsegpt_prune(w, stats, mask=mask)
         info.update(sg_info)
@@ -139,9 +148,22 @@ def _updated(w: torch.Tensor, weight: torch.Tensor, stats: LinearStats | None, p
                                           damping=opts.damping, gradual_iterations=opts.gradual_iterations,
                                           gradual_score=opts.gradual_score)
         info.update(admm_info)
-    else:  # dense weights kept or zeroed: finite, as the scores computed from them were checked to be
-        return w.masked_fill(mask, 0.0).to(weight.dtype), info
+    else:
+        # in place when asked to, or when w is a float32 copy of its own (a weight of another dtype)
+        return zeroed(w, mask, inplace=inplace or w.data_ptr() != weight.data_ptr()).to(weight.dtype), info
     return _checked(new, weight, label), info
+
+
+def zeroed(w: torch.Tensor, mask: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """``w.masked_fill(mask, 0.0)``, bit for bit, computed as ``w * ~mask + 0.0`` (a multiply runs
+    on every core, masked_fill on one: 4x faster here; ``+ 0.0`` turns the -0.0 of a pruned
+    negative weight into masked_fill's +0.0), into ``w`` itself with ``inplace``. A non-finite
+    weight (where ``x * 0`` is not 0) takes masked_fill itself."""
+    out = w.mul_(~mask) if inplace else w.mul(~mask)
+    out.add_(0.0)
+    if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
+        return out.masked_fill_(mask, 0.0)
+    return out
 
 
 def _checked(new: torch.Tensor, weight: torch.Tensor, label: str = "") -> torch.Tensor:

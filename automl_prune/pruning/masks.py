@@ -54,7 +54,7 @@ def _k_lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(score, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
-    if score.is_floating_point() and bool(torch.isnan(score).any()):
+    if score.is_floating_point() and not bool(torch.isfinite(score.sum())) and bool(torch.isnan(score).any()):
         score = torch.where(torch.isnan(score), torch.full_like(score, float("inf")), score)
 
     if rows == 1 and n >= BRACKET_MIN:  # one large group (a whole matrix): a parallel bracket, then a small selection

@@ -60,6 +60,7 @@ class ScoreCache:
         self.entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # metric key -> layer -> scores | rank
         self.bytes = 0
         self.hits = 0  # masks cut from a stored rank
+        self.zeros: dict[str, int] = {}  # layer -> zeros of its dense weight (counted once)
 
     def mask(self, metric: str, layer: str, group: str, sparsity: float,
              scores: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -82,6 +83,13 @@ class ScoreCache:
             stored = rank
         self.hits += 1
         return rank_mask(stored, sparsity, group)
+
+    def dense_zeros(self, layer: str, weight: torch.Tensor) -> int:
+        """How many weights of ``layer``'s dense ``weight`` are zero (counted on first use; the cache
+        belongs to one model's dense weights)."""
+        if layer not in self.zeros:
+            self.zeros[layer] = int((weight == 0).sum())
+        return self.zeros[layer]
 
     def _keep(self, metric: str, layer: str, t: torch.Tensor) -> None:
         size = t.numel() * t.element_size()

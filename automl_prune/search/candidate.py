@@ -34,19 +34,20 @@ def mask_hash(ctx: CandidateContext, plan: PruningPlan | None = None) -> str:
     key = ("mask_hash", None if plan is None or plan.update == "none" else (plan.update, plan.admm.model_dump_json()))
     memo = ctx.candidate_memo
     if key not in memo:
-        memo[key] = masks_digest(ctx.modules, plan)
+        memo[key] = masks_digest(ctx.modules, plan, bits=ctx.mask_bits())
     return memo[key]
 
 
 @torch.no_grad()
-def masks_digest(modules: dict, plan: PruningPlan | None = None) -> str:
-    """``mask_hash`` of named linear layers as they are (not memoised)."""
+def masks_digest(modules: dict, plan: PruningPlan | None = None, *, bits: dict[str, bytes] | None = None) -> str:
+    """``mask_hash`` of named linear layers as they are (not memoised); ``bits``: their packed zero
+    masks when already computed (``CandidateContext.mask_bits``)."""
     h = hashlib.blake2b(digest_size=16)
     if plan is not None and plan.update != "none":
         h.update(f"update={plan.update};admm={plan.admm.model_dump_json() if plan.update == 'admm' else ''}".encode())
     for name, m in modules.items():
         h.update(name.encode())
-        h.update(np.packbits((m.weight == 0).cpu().numpy()).tobytes())
+        h.update(bits[name] if bits is not None else np.packbits((m.weight == 0).cpu().numpy()).tobytes())
     return h.hexdigest()
 
 
