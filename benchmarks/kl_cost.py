@@ -26,6 +26,7 @@ from automl_prune.pruning.methods import plan_for_method
 from automl_prune.search.config import load_config
 from automl_prune.search.setup import build_context
 from objectives import make_objective
+from setup_args import add_device, synchronize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--data-dir", default=None)
+    add_device(ap)
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 8192], help="probe tokens per KL call")
     ap.add_argument("--probe-seqlen", type=int, default=512)
     ap.add_argument("--heldout-windows", type=int, default=16)
@@ -43,7 +45,8 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(RESULTS))
     args = ap.parse_args()
 
-    config = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
+    overrides = {k: v for k, v in dict(data_dir=args.data_dir, device=args.device).items() if v}
+    config = load_config(args.config, overrides or None)
     windows = [max(1, t // args.probe_seqlen) for t in args.tokens]
     config = config.model_copy(update={
         "probe": config.probe.model_copy(update={"nsamples": max(windows), "seqlen": args.probe_seqlen}),
@@ -54,6 +57,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ctx.apply(plans[0])
     heldout = perplexity(ctx.model, ctx.heldout_ids, device=ctx.device, progress=False)
+    synchronize(ctx.device)
     heldout_s = time.perf_counter() - t0
     h_tokens = int(ctx.heldout_ids.numel())
 
@@ -62,6 +66,7 @@ def main() -> None:
         kl = make_objective("kl", topk=args.topk, windows=w, seqlen=args.probe_seqlen)
         t0 = time.perf_counter()
         kl.prepare(ctx)
+        synchronize(ctx.device)
         prepare_s = time.perf_counter() - t0
         idx, lp, rest = ctx.memo[kl._memo_key()]
         kept = sum(t.numel() * t.element_size() for t in (idx, lp, rest) if t is not None)
@@ -70,6 +75,7 @@ def main() -> None:
             t0 = time.perf_counter()
             result = ctx.apply(plans[(i + 1) % len(plans)])
             kl(ctx, result)
+            synchronize(ctx.device)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
         rows.append(dict(tokens=w * args.probe_seqlen, windows=w, prepare_seconds=round(prepare_s, 2),

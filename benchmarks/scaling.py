@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from search_throughput import forward_seconds, peak_rss_mib, time_candidates
+from setup_args import add_device
 
+from automl_prune.models.loading import resolve_device
 from automl_prune.provenance import environment
 from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from automl_prune.models.loading import load_model
@@ -125,6 +127,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)
+    add_device(ap)
     ap.add_argument("--nsamples", type=int, default=None, help="override the config's calibration sample count")
     ap.add_argument("--seqlen", type=int, default=None, help="override the config's calibration seqlen")
     ap.add_argument("--stem", default="scaling")
@@ -132,7 +135,8 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = []
-    base = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
+    overrides = {k: v for k, v in dict(data_dir=args.data_dir, device=args.device).items() if v}
+    base = load_config(args.config, overrides or None)
     calib = base.calibration.model_copy(update={k: v for k, v in dict(nsamples=args.nsamples, seqlen=args.seqlen).items() if v})
     with tempfile.TemporaryDirectory(prefix="automl-prune-scaling-") as tmp:
         for spec in args.models.split(","):
@@ -144,7 +148,7 @@ def main() -> None:
                   f"forward {row['forward_seconds']:7.2f} s  capture {row['capture_seconds']:6.1f} s", flush=True)
     result = dict(config=config_label(args.config), candidates=args.candidates, seed=args.seed,
                   objectives=[o.name for o in base.objectives], calibration=f"{calib.source} {calib.nsamples} x {calib.seqlen} seed {calib.seed}",
-                  rows=rows, slope=slope(rows), environment=environment("cpu"))
+                  rows=rows, slope=slope(rows), environment=environment(resolve_device(base.device)))
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{args.stem}.json").write_text(json.dumps(result, indent=2, default=str))

@@ -33,6 +33,7 @@ from automl_prune.search.config import load_config
 from automl_prune.search.setup import load_search
 from automl_prune.search.study import Study
 from search_spaces import suggest
+from setup_args import add_device, synchronize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,6 +45,7 @@ def forward_seconds(ctx, ids: torch.Tensor, repeats: int) -> float:
         start = time.perf_counter()
         for row in ids:
             ctx.model(row[None].to(ctx.device), use_cache=False)
+        synchronize(ctx.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -70,10 +72,13 @@ def time_one(ctx, plan, objectives: list, restore: bool = True) -> tuple[float, 
     """Seconds to apply ``plan``'s masks, and to apply them and compute the objectives (as a trial
     scores it: ``score_candidate`` finds the masks applied); the working copy restored after unless
     ``restore`` is False (a search leaves it pruned: the next candidate starts from it)."""
+    synchronize(ctx.device)
     t0 = time.perf_counter()
     ctx.apply(plan)
+    synchronize(ctx.device)
     t1 = time.perf_counter()
     score_candidate(ctx, plan, objectives)
+    synchronize(ctx.device)
     t2 = time.perf_counter()
     if restore:
         ctx.restore()
@@ -115,6 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/bawa-tpe-50.yaml")
     ap.add_argument("--data-dir", default=None)
+    add_device(ap)
     ap.add_argument("--candidates", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="timed plain forward passes (median)")
@@ -126,7 +132,8 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(RESULTS), help="where STEM.json and STEM.md go")
     args = ap.parse_args()
 
-    config = load_config(args.config, {"data_dir": args.data_dir} if args.data_dir else None)
+    overrides = {k: v for k, v in dict(data_dir=args.data_dir, device=args.device).items() if v}
+    config = load_config(args.config, overrides or None)
     study = Study.from_config(config)
     objectives = study.objectives
     ctx, profile, space = load_search(study)

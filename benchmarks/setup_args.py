@@ -41,3 +41,18 @@ def previous_report(path: Path, fresh: dict) -> dict | None:
         raise SystemExit(f"--resume: {path} was written with different settings ({settings_fingerprint(report)} != "
                          f"{settings_fingerprint(fresh)}); use another --out or drop --resume")
     return report
+
+
+def add_device(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default=None,
+                    help="cpu, cuda, cuda:N or auto (default: the config's device; capture_cost: cpu)")
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously), so a timer read after
+    this covers it; nothing to do on the CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
