@@ -33,7 +33,7 @@ from torch import nn
 from .calibration.capture import BlockStats
 from .models.adapters import decoder_blocks, prunable_linears
 from .pruning.apply import PruneResult, prune_model
-from .pruning.plan import PruningPlan
+from .pruning.plan import ALLOCATION_FIELDS, PruningPlan
 from .pruning.score_cache import ScoreCache
 
 UPDATED_CACHE_BYTES = int(float(os.environ.get("AUTOML_PRUNE_UPDATED_CACHE_MB", 4096)) * 2**20)
@@ -78,7 +78,9 @@ class CandidateContext:
     @torch.no_grad()
     def restore(self) -> None:
         """Put the dense weights back (nothing to do when they were put back and nothing was applied
-        since: the context changes its weights only through ``apply``)."""
+        since). Contract: the context's weights change only through ``apply`` and ``restore`` (or
+        are put back as they were, as ``swapped_weights`` does); what is memoised from them relies
+        on it."""
         if self._applied.get("dense"):
             return
         for k, m in self.modules.items():
@@ -167,7 +169,7 @@ class CandidateContext:
         prev = self._applied.get("result")
         if prev is None or self._applied.get("levels") is not None or self._applied.get("dense"):
             return None
-        allocation = {"sparsity", "layer_sparsity"}
+        allocation = set(ALLOCATION_FIELDS)
         if (prev.plan.model_dump(exclude=allocation) != plan.model_dump(exclude=allocation)
                 or set(prev.layers) != set(self.modules) or prev.permutations):
             return None

@@ -4,8 +4,9 @@ probe tokens, against one held-out perplexity evaluation of 16 windows, same run
 The KL objective keeps the dense model's top-k log-probabilities of every probe token (computed
 once per context, its time and memory reported) and runs one forward of the candidate per call.
 A candidate = apply a plan's masks to the working copy (the weights hold another plan before, as in
-a search) + the KL. The held-out evaluation is what the final comparison runs per plan: perplexity
-over the held-out windows (16 x 1,024 tokens by default).
+a search; its metric's scores computed afresh) + the KL. The held-out evaluation is what the final
+comparison runs per plan once its masks are applied: perplexity over the held-out windows (16 x
+1,024 tokens by default).
 
     python benchmarks/kl_cost.py --config configs/quickstart.yaml
 """
@@ -13,7 +14,6 @@ over the held-out windows (16 x 1,024 tokens by default).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +26,7 @@ from automl_prune.pruning.methods import plan_for_method
 from automl_prune.search.config import load_config
 from automl_prune.search.setup import build_context
 from objectives import make_objective
-from setup_args import add_device, synchronize
+from setup_args import add_device, synchronize, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,8 +54,9 @@ def main() -> None:
     ctx = build_context(config, progress=False)
     plans = [plan_for_method(m, sparsity=0.5, pattern="unstructured") for m in ("wanda", "bawa", "stade", "ria")]
 
-    t0 = time.perf_counter()
     ctx.apply(plans[0])
+    synchronize(ctx.device)
+    t0 = time.perf_counter()
     heldout = perplexity(ctx.model, ctx.heldout_ids, device=ctx.device, progress=False)
     synchronize(ctx.device)
     heldout_s = time.perf_counter() - t0
@@ -72,6 +73,7 @@ def main() -> None:
         kept = sum(t.numel() * t.element_size() for t in (idx, lp, rest) if t is not None)
         times = []
         for i in range(args.candidates):
+            ctx.scores.clear()  # every candidate's masks computed from its metric's scores, none stored
             t0 = time.perf_counter()
             result = ctx.apply(plans[(i + 1) % len(plans)])
             kl(ctx, result)
@@ -85,10 +87,6 @@ def main() -> None:
     result = dict(config=args.config, topk=args.topk, probe_seqlen=args.probe_seqlen, heldout_windows=args.heldout_windows,
                   heldout_tokens=h_tokens, heldout_seconds=round(heldout_s, 3), heldout_ppl=round(heldout["ppl"], 3),
                   rows=rows, threads=torch.get_num_threads(), environment=environment(ctx.device), context=ctx.info)
-    stem = args.stem or f"kl_cost_{Path(args.config).stem}"
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     md = (f"KL(dense || pruned) per candidate vs one held-out evaluation ({args.config}; top-{args.topk} dense "
           f"log-probabilities kept; probe windows of {args.probe_seqlen} tokens; held-out {args.heldout_windows} windows, "
           f"{h_tokens} tokens: {heldout_s:.2f} s; {torch.get_num_threads()} threads)\n\n"
@@ -97,8 +95,7 @@ def main() -> None:
     for r in rows:
         md += (f"| {r['tokens']} | {r['prepare_seconds']:.2f} | {r['dense_reference_mib']:.1f} | {r['candidate_seconds']:.2f} "
                f"| {r['vs_heldout']:.2f} |\n")
-    (out / f"{stem}.md").write_text(md)
-    print(md)
+    write_results(args.results_dir, args.stem or f"kl_cost_{Path(args.config).stem}", result, md)
 
 
 if __name__ == "__main__":

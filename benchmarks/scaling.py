@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import re
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from search_throughput import forward_seconds, peak_rss_mib, time_candidates
-from setup_args import add_device
+from setup_args import add_device, write_results
 
 from automl_prune.models.loading import resolve_device
 from automl_prune.provenance import environment
@@ -149,11 +148,7 @@ def main() -> None:
     result = dict(config=config_label(args.config), candidates=args.candidates, seed=args.seed,
                   objectives=[o.name for o in base.objectives], calibration=f"{calib.source} {calib.nsamples} x {calib.seqlen} seed {calib.seed}",
                   rows=rows, slope=slope(rows), environment=environment(resolve_device(base.device)))
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{args.stem}.json").write_text(json.dumps(result, indent=2, default=str))
-    (results / f"{args.stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.results_dir, args.stem, result, markdown(result))
 
 
 if __name__ == "__main__":

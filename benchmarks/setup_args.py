@@ -56,3 +56,13 @@ def synchronize(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
+
+def write_results(results_dir: str | Path, stem: str, result: dict, md: str) -> None:
+    """``<results_dir>/<stem>.json`` (the figures) and ``<stem>.md`` (the table the README quotes),
+    and the table on stdout."""
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+

@@ -48,7 +48,7 @@ from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.evaluation.kl import swapped_weights
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.pruning.database import base_fields
+from automl_prune.pruning.plan import ALLOCATION_FIELDS
 
 from . import probe as P
 from .base import Objective, Reporter, register
@@ -108,12 +108,14 @@ class GroupErrors:
     """Per-row errors of layer groups by what their layers hold, across the candidates of one
     context: an allocation move that leaves a layer's mask alone (an evolution child switches a few
     layers' levels; a per-block allocation that keeps a block's sparsity) costs only the groups it
-    changed. A layer's key is the digest of its zero mask (``CandidateContext.layer_digests``):
-    without a weight update the pruned weights are the dense ones under that mask. With an update
-    (SparseGPT, ADMM; pruned one-shot, layer by layer, from the dense statistics) its weights also
-    depend on the plan's metric, pattern, refinement and update settings and the layer's target
-    sparsity, which join the key. Values are the same tensors a fresh computation gives (the same
-    product on the same weights). Bounded: least recently used first out beyond ``budget_bytes``
+    changed. A group's key is its layers' names and, per layer, the digest of its zero mask
+    (``CandidateContext.layer_digests``): without a weight update the pruned weights are the dense
+    ones under that mask. With an update (SparseGPT, ADMM; pruned one-shot, layer by layer, from
+    the dense statistics) its weights also depend on the plan's fields other than the allocation
+    (metric, pattern, permutation, refinement, update settings) and the layer's target sparsity,
+    which join the key. Values are the same tensors a fresh computation gives (the same product on
+    the same weights), under the context's contract that its weights change only through ``apply``
+    and ``restore``. Bounded: least recently used first out beyond ``budget_bytes``
     (256 MiB by default, ``$AUTOML_PRUNE_LAYER_ERRORS_MB``; SmolLM2-135M: 0.6 MB a candidate)."""
 
     def __init__(self, budget_bytes: int | None = None):
@@ -132,8 +134,15 @@ class GroupErrors:
         plan = result.plan
         if plan.update == "none":
             return digests
-        base = json.dumps(base_fields(plan), sort_keys=True)
-        return {n: (d, base, (result.layers.get(n) or {}).get("target")) for n, d in digests.items()}
+        base = json.dumps(plan.model_dump(mode="json", exclude=set(ALLOCATION_FIELDS) | {"calibration", "heldout", "mode"}),
+                          sort_keys=True)
+        n_blocks = len(ctx.blocks)
+
+        def target(name: str) -> float:
+            block, layer = name.split(".", 1)
+            return plan.sparsity_for(int(block), layer, n_blocks)
+
+        return {n: (d, base, target(n)) for n, d in digests.items()}
 
     def get(self, key) -> torch.Tensor | None:
         rows = self.entries.get(key)
@@ -242,7 +251,7 @@ class LayerRecon(Objective):
         out: dict[str, torch.Tensor] = {}
         layer_keys = None if known is None or dense else known.layer_keys(ctx)
         for names, op, _n in groups:
-            key = None if layer_keys is None else (op_key, tuple(layer_keys[n] for n in names))
+            key = None if layer_keys is None else (op_key, tuple(names), tuple(layer_keys[n] for n in names))
             rows = known.get(key) if key is not None else None
             sizes = [ctx.modules[n].out_features for n in names]
             if rows is None:
@@ -250,7 +259,7 @@ class LayerRecon(Objective):
                 d = mats[0] if len(mats) == 1 else torch.cat(mats)
                 d = d.to(op.device, torch.float32)
                 rows = ((d @ op) * d).sum(1) if op.shape[0] == op.shape[1] else (d @ op).square().sum(1)
-                if key is not None:
+                if key is not None and bool(torch.isfinite(rows.sum())):  # a failing candidate's rows are not kept
                     known.put(key, rows)
             for n, r in zip(names, rows.split(sizes)):
                 out[n] = r

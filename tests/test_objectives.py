@@ -240,10 +240,16 @@ def test_nan_outputs_raise_an_objective_error(ctx):
     for o in objs.values():
         o.prepare(ctx)
     result = ctx.apply(plan_for_method("wanda", sparsity=0.5))
-    next(iter(ctx.modules.values())).weight.data[0, 0] = float("nan")
+    w = next(iter(ctx.modules.values())).weight.data
+    w[tuple(int(i) for i in (w != 0).nonzero()[0])] = float("nan")  # a kept weight: the masks stay the same
+    # the weights changed outside apply (against the context's contract): drop what is memoised from them
+    ctx.candidate_memo.clear()
+    ctx.memo.pop("layer_recon_known", None)
     for name in ("layer_recon", "model_recon", "kl", "ppl", "calib_ppl"):
         with pytest.raises(ObjectiveError):
             objs[name](ctx, result)
+    assert not ctx.memo["layer_recon_known"].entries or all(
+        bool(torch.isfinite(r).all()) for r in ctx.memo["layer_recon_known"].entries.values())  # no NaN rows kept
     ctx.restore()
 
 
@@ -371,3 +377,25 @@ def test_layer_recon_computes_only_the_groups_an_allocation_move_changed():
         # last: the first allocation again
         assert hits == [0, (n - 1) * groups_per_block, (n - 1) * groups_per_block, n * groups_per_block], (method, hits)
         assert values[0] == values[-1] and len(set(values[:3])) == 3
+
+
+def test_layer_recon_does_not_mix_up_groups_with_equal_masks():
+    """Two blocks with the same weights prune to the same masks; their groups still differ (other
+    inputs, other Gram matrices), and the remembered errors keep them apart."""
+    from objectives.layer_recon import GroupErrors
+
+    model = tiny_model("llama", seed=0)
+    with torch.no_grad():
+        model.model.layers[1].load_state_dict(model.model.layers[0].state_dict())  # block 1 = block 0
+    ids = _ids(model)
+    stats = dense_statistics(model, ids, with_gram=True, use_cache=False, progress=False).stats
+    ctx = CandidateContext(model, stats=stats, probe_ids=ids)
+    obj = make_objective("layer_recon", weighting="energy")
+    obj.prepare(ctx)
+    result = ctx.apply(plan_for_method("magnitude", sparsity=0.5))
+    assert ctx.layer_digests()["0.self_attn.q_proj"] == ctx.layer_digests()["1.self_attn.q_proj"]
+    remembered = obj(ctx, result)
+    ctx.candidate_memo.clear()
+    ctx.memo["layer_recon_known"] = GroupErrors(budget_bytes=0)
+    assert remembered == obj(ctx, result)
+    ctx.restore()

@@ -109,11 +109,10 @@ def _inv_pow(v: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _bawa(metric: BaWAMetric, A: torch.Tensor, stats: LinearStats) -> torch.Tensor:
-    if metric.norm == "l1":  # A >= 0: its L1 norms are float64 sums (2x faster than vector_norm, same bits: tested)
-        r, k = A.sum(1, dtype=torch.float64), A.sum(0, dtype=torch.float64)  # (out,), (in,)
-    else:
-        r = torch.linalg.vector_norm(A, ord=2, dim=1, dtype=torch.float64)  # (out,)
-        k = torch.linalg.vector_norm(A, ord=2, dim=0, dtype=torch.float64)  # (in,)
+    ord_ = 1 if metric.norm == "l1" else 2
+    # (float64 sums would be 2x faster for L1 but add in another order: not always the same bits)
+    r = torch.linalg.vector_norm(A, ord=ord_, dim=1, dtype=torch.float64)  # (out,)
+    k = torch.linalg.vector_norm(A, ord=ord_, dim=0, dtype=torch.float64)  # (in,)
     inv_r = _inv_pow(r, metric.alpha).float().reshape(-1, 1)
     inv_k = _inv_pow(k, metric.beta).float().reshape(1, -1)
     a = stats.activation(metric.activation).to(A.device, torch.float64)

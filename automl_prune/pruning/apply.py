@@ -62,7 +62,7 @@ def prune_model(
     One-shot mode scores every layer from statistics of the dense model (given, cached or
     computed from ``input_ids``); sequential mode recomputes each block's statistics on the
     outputs of the already pruned blocks. Returns realised sparsity per layer (counted from the
-    weights, not assumed). ``scores``: a score cache for one-shot pruning from ``stats`` of this
+    weights, or from the mask when the dense weights had no zero: the same count; not assumed). ``scores``: a score cache for one-shot pruning from ``stats`` of this
     model's dense weights (the candidate context's; score_cache.py). ``only``: one-shot, prune
     just these layers (``"<block>.<name>"``, which must hold their dense weights) and leave the
     others as they are; the result lists those layers alone.

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from ..errors import UserError
 from ..integrity import hash_problem, sha256_file, write_atomic
 from ..progress import progress_bar
-from .layer import prune_weight
+from .layer import prune_weight, zeroed
 from .levels import LayerLadder
 from .masks import group_count
 from .plan import PruningPlan
@@ -224,7 +224,8 @@ class LevelDatabase:
                 continue
             e = self.entry(name, lv)
             w = modules[name].weight
-            if self.kind == "mask":
-                w.data.copy_(dense[name].masked_fill(e.to(dense[name].device), 0.0))
+            if self.kind == "mask":  # the dense weight under the stored mask, zeroed as prune_weight zeroes it
+                w.data.copy_(dense[name])
+                zeroed(w.data, e.to(w.device), inplace=True)
             else:
                 w.data.copy_(e.to(device=w.device, dtype=w.dtype))

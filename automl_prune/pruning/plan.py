@@ -18,6 +18,8 @@ from ..metrics.spec import metric_from_dict
 from .masks import parse_pattern
 
 Group = Literal["row", "matrix", "column_block"]
+#: the plan fields that allocate the sparsity over blocks and layers (the rest decides how a layer is pruned)
+ALLOCATION_FIELDS = ("sparsity", "layer_sparsity")
 #: what may follow the mask (plan fields; the search's reconstruction section offers the same)
 Update = Literal["none", "sparsegpt", "admm"]
 Refine = Literal["none", "dsnot"]
