@@ -33,7 +33,7 @@ from torch import nn
 from .calibration.capture import BlockStats
 from .models.adapters import decoder_blocks, prunable_linears
 from .pruning.apply import PruneResult, prune_model
-from .pruning.plan import ALLOCATION_FIELDS, PruningPlan
+from .pruning.plan import PruningPlan
 from .pruning.score_cache import ScoreCache
 
 UPDATED_CACHE_BYTES = int(float(os.environ.get("AUTOML_PRUNE_UPDATED_CACHE_MB", 4096)) * 2**20)
@@ -169,8 +169,7 @@ class CandidateContext:
         prev = self._applied.get("result")
         if prev is None or self._applied.get("levels") is not None or self._applied.get("dense"):
             return None
-        allocation = set(ALLOCATION_FIELDS)
-        if (prev.plan.model_dump(exclude=allocation) != plan.model_dump(exclude=allocation)
+        if (prev.plan.layer_settings() != plan.layer_settings()
                 or set(prev.layers) != set(self.modules) or prev.permutations):
             return None
         n = len(self.blocks)

@@ -48,7 +48,7 @@ from automl_prune.candidate_context import CandidateContext
 from automl_prune.errors import UserError
 from automl_prune.evaluation.kl import swapped_weights
 from automl_prune.pruning.apply import PruneResult
-from automl_prune.pruning.plan import ALLOCATION_FIELDS
+from automl_prune.pruning.masks import all_finite
 
 from . import probe as P
 from .base import Objective, Reporter, register
@@ -134,8 +134,7 @@ class GroupErrors:
         plan = result.plan
         if plan.update == "none":
             return digests
-        base = json.dumps(plan.model_dump(mode="json", exclude=set(ALLOCATION_FIELDS) | {"calibration", "heldout", "mode"}),
-                          sort_keys=True)
+        base = json.dumps(plan.layer_settings(), sort_keys=True)
         n_blocks = len(ctx.blocks)
 
         def target(name: str) -> float:
@@ -259,7 +258,7 @@ class LayerRecon(Objective):
                 d = mats[0] if len(mats) == 1 else torch.cat(mats)
                 d = d.to(op.device, torch.float32)
                 rows = ((d @ op) * d).sum(1) if op.shape[0] == op.shape[1] else (d @ op).square().sum(1)
-                if key is not None and bool(torch.isfinite(rows.sum())):  # a failing candidate's rows are not kept
+                if key is not None and all_finite(rows):  # a failing candidate's rows are not kept
                     known.put(key, rows)
             for n, r in zip(names, rows.split(sizes)):
                 out[n] = r

@@ -10,7 +10,7 @@ from ..errors import PruningError
 from ..metrics.kernel import default_group, score
 from .admm import admm_prune
 from .dsnot import dsnot_refine
-from .masks import nm_mask, unstructured_mask
+from .masks import all_finite, nm_mask, unstructured_mask
 from .permutation import nm_permutation, permuted_nm_mask
 from .plan import PruningPlan
 from .score_cache import ScoreCache
@@ -35,9 +35,7 @@ def metric_scores(weight: torch.Tensor, stats: LinearStats | None, plan: Pruning
     """The plan's metric scores of ``weight``; PruningError if any is not finite (``label``: where,
     from ``_where``)."""
     s = score(plan.metric, weight, stats)
-    # one reduction first (a sum is finite when every score is, barring overflow); the elementwise
-    # check only when it is not
-    if not bool(torch.isfinite(s.sum())) and not bool(torch.isfinite(s).all()):
+    if not all_finite(s):
         bad = int((~torch.isfinite(s)).sum())
         raise PruningError(f"metric {plan.metric.name} gave {bad} non-finite scores{label} "
                            f"({RECOMPUTE_HINT})")
@@ -162,12 +160,12 @@ def zeroed(w: torch.Tensor, mask: torch.Tensor, *, inplace: bool = False) -> tor
     weight (where ``x * 0`` is not 0) takes masked_fill itself."""
     out = w.mul_(~mask) if inplace else w.mul(~mask)
     out.add_(0.0)
-    if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         return out.masked_fill_(mask, 0.0)
     return out
 
 
 def _checked(new: torch.Tensor, weight: torch.Tensor, label: str = "") -> torch.Tensor:
-    if not torch.isfinite(new).all():
+    if not all_finite(new):
         raise PruningError(f"pruning produced non-finite weights{label}")
     return new.to(weight.dtype)

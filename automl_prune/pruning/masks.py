@@ -43,6 +43,12 @@ def group_count(size: int, sparsity: float) -> int:
     return int(size * float(sparsity) + 1e-6 + 1e-10 * size)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when every entry of ``t`` is finite: one sum first (finite whenever every entry is,
+    barring overflow), the elementwise check only when the sum is not."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 # ----- k lowest per row, exact and stable ----------------------------------------------------------
 def _k_lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask (rows, n) with exactly ``k`` True per row: the k lowest, ties to lower index.
@@ -54,7 +60,7 @@ def _k_lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(score, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
-    if score.is_floating_point() and not bool(torch.isfinite(score.sum())) and bool(torch.isnan(score).any()):
+    if score.is_floating_point() and not all_finite(score) and bool(torch.isnan(score).any()):
         score = torch.where(torch.isnan(score), torch.full_like(score, float("inf")), score)
 
     if rows == 1 and n >= BRACKET_MIN:  # one large group (a whole matrix): a parallel bracket, then a small selection

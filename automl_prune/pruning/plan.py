@@ -175,6 +175,11 @@ class PruningPlan(BaseModel):
     def nm(self) -> tuple[int, int] | None:
         return None if self.pattern == "unstructured" else parse_pattern(self.pattern)
 
+    def layer_settings(self) -> dict:
+        """Everything that decides how a layer is pruned at a given target: the plan's fields but its
+        allocation (``ALLOCATION_FIELDS``) and its provenance (calibration, held-out text)."""
+        return self.model_dump(mode="json", exclude={*ALLOCATION_FIELDS, "calibration", "heldout"})
+
     def sparsity_for(self, block: int, layer: str, n_blocks: int) -> float:
         """Target sparsity of layer ``layer`` (name relative to its block) in block ``block``."""
         full = f"{block}.{layer}"
