@@ -173,12 +173,7 @@ class CandidateContext:
                 or set(prev.layers) != set(self.modules) or prev.permutations):
             return None
         n = len(self.blocks)
-
-        def target(p: PruningPlan, name: str) -> float:
-            block, layer = name.split(".", 1)
-            return p.sparsity_for(int(block), layer, n)
-
-        changed = {k for k in self.modules if target(plan, k) != target(prev.plan, k)}
+        changed = {k for k in self.modules if plan.sparsity_of(k, n) != prev.plan.sparsity_of(k, n)}
         self._applied["dense"] = False
         for k in changed:
             self.modules[k].weight.data.copy_(self.dense[k])

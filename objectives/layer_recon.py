@@ -135,13 +135,7 @@ class GroupErrors:
         if plan.update == "none":
             return digests
         base = json.dumps(plan.layer_settings(), sort_keys=True)
-        n_blocks = len(ctx.blocks)
-
-        def target(name: str) -> float:
-            block, layer = name.split(".", 1)
-            return plan.sparsity_for(int(block), layer, n_blocks)
-
-        return {n: (d, base, target(n)) for n, d in digests.items()}
+        return {n: (d, base, plan.sparsity_of(n, len(ctx.blocks))) for n, d in digests.items()}
 
     def get(self, key) -> torch.Tensor | None:
         rows = self.entries.get(key)

@@ -206,8 +206,7 @@ class LevelDatabase:
             return None
         out = {}
         for name, lad in self.ladders.items():
-            block, layer = name.split(".", 1)
-            z = group_count(lad.group_size, plan.sparsity_for(int(block), layer, n_blocks))
+            z = group_count(lad.group_size, plan.sparsity_of(name, n_blocks))
             i = z - lad.zeros[0]
             step = (lad.zeros[1] - lad.zeros[0]) if len(lad.zeros) > 1 else 1
             if i % step or not 0 <= i // step < len(lad.zeros) or lad.zeros[i // step] != z:

@@ -191,6 +191,11 @@ class PruningPlan(BaseModel):
             return self.sparsity[block]
         return float(self.sparsity)
 
+    def sparsity_of(self, name: str, n_blocks: int) -> float:
+        """``sparsity_for`` of a layer named by its place in the model, ``"<block>.<layer>"``."""
+        block, layer = name.split(".", 1)
+        return self.sparsity_for(int(block), layer, n_blocks)
+
     def describe(self) -> str:
         metric = "sparsegpt" if self.metric is None else self.metric.name
         target = self.pattern if self.nm else (f"{self.sparsity:.0%}" if isinstance(self.sparsity, float) else "per-block sparsity")
