@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .calibration.capture import BlockStats
+from .candidate_stream import stream_pass
 from .models.adapters import decoder_blocks, prunable_linears
 from .pruning.apply import PruneResult, prune_model
 from .pruning.plan import PruningPlan
@@ -60,20 +61,25 @@ class CandidateContext:
     memo: dict = field(default_factory=dict)
     #: a level database (pruning/database.py): plans on its ladders are swapped in, not pruned
     levels: Any = None
+    #: the blocks' weights when they are offloaded (models/offload.py): candidates are streamed
+    #: (candidate_stream.py), no dense copy is kept and nothing is restored
+    store: Any = None
 
     def __post_init__(self) -> None:
         self.blocks = decoder_blocks(self.model)
         self.modules: dict[str, nn.Linear] = {
             f"{i}.{n}": lin for i, b in enumerate(self.blocks) for n, lin in prunable_linears(b).items()
         }
-        self.dense: dict[str, torch.Tensor] = {k: m.weight.detach().clone() for k, m in self.modules.items()}
+        self.dense: dict[str, torch.Tensor] = ({} if self.store is not None else
+                                               {k: m.weight.detach().clone() for k, m in self.modules.items()})
         # which stored levels the weights hold now (a dict shared by shallow copies, which share the weights)
         self._applied: dict = {"levels": None}
         # pruned weights of updated plans, by plan (shared by shallow copies): see the module's docstring
         self._updated: OrderedDict[str, tuple[dict[str, torch.Tensor], PruneResult]] = OrderedDict()
         self._entry_bytes = sum(w.numel() * w.element_size() for w in self.dense.values())
-        # metric scores, then their ranks, across candidates with the same metric (shared by shallow copies)
-        self.scores = ScoreCache()
+        # metric scores, then their ranks, across candidates with the same metric (shared by shallow copies);
+        # none with disk offload, which keeps nothing per layer in memory (they would grow with depth)
+        self.scores = ScoreCache(0) if self.store is not None and self.store.mode == "disk" else ScoreCache()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -83,7 +89,7 @@ class CandidateContext:
         on it."""
         if self._applied.get("dense"):
             return
-        for k, m in self.modules.items():
+        for k, m in (self.modules.items() if self.store is None else ()):
             m.weight.data.copy_(self.dense[k])
         self._applied.update(levels=None, plan=None, result=None, memo={}, dense=True)
 
@@ -97,13 +103,34 @@ class CandidateContext:
         key = json.dumps(plan.model_dump(mode="json"), sort_keys=True)
         if self._applied.get("plan") == key:
             return self._applied["result"]
+        memo: dict = {}
         try:
-            result = self._apply(plan, key)
+            result = self._apply(plan, key) if self.store is None else self._stream(plan, memo)
         except BaseException:  # the weights are in no known state: the next plan starts from scratch
             self._applied.update(levels=None, plan=None, result=None, memo={}, dense=False)
             raise
-        self._applied.update(plan=key, result=result, memo={})
+        self._applied.update(plan=key, result=result, memo=memo)
         return result
+
+    @property
+    def streamed(self) -> bool:
+        """True when the blocks are offloaded and candidates are scored in one pass over them."""
+        return self.store is not None
+
+    def _stream(self, plan: PruningPlan, memo: dict) -> PruneResult:
+        """A block-streamed candidate: one pass computing what the prepared objectives registered
+        (``memo['stream_rows']``, ``memo['stream_probes']``); see candidate_stream.py."""
+        if self.levels is not None:
+            raise ValueError("a level database does not work with offloaded blocks")
+        probes = [make(self) for make in self.memo.get("stream_probes", {}).values()]
+        out = stream_pass(self, plan, rows=bool(self.memo.get("stream_rows")), probes=[req for req, _ in probes])
+        memo["mask_bits"] = out.bits
+        if out.rows is not None:
+            memo["stream_rows"] = out.rows
+        for req, finish in probes:
+            finish(out.result, out.finals[req.key])
+        self._applied["dense"] = True  # the store holds the dense weights; the blocks hold none
+        return out.result
 
     @property
     def candidate_memo(self) -> dict:
@@ -204,5 +231,7 @@ class CandidateContext:
         return result
 
     def pruned_delta(self, name: str) -> torch.Tensor:
-        """dW = W_dense - W_pruned of one layer (its current weights)."""
+        """dW = W_dense - W_pruned of one layer (its current weights; not for a streamed context)."""
+        if self.store is not None:
+            raise RuntimeError("a block-streamed context holds no pruned weights between passes")
         return self.dense[name] - self.modules[name].weight.detach()

@@ -200,7 +200,7 @@ def pymoo_files(work: Path, config: dict) -> list[dict]:
 
 
 def stats_cache(work: Path, config: Path, cache: Path) -> dict:
-    files = sorted(cache.glob("stats/**/stats.safetensors"))
+    files = sorted(cache.glob("stats/**/block-*.safetensors"))
     target = files[0]
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01

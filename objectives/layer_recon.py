@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from automl_prune.candidate_context import CandidateContext
+from automl_prune.candidate_stream import stream_fisher, stream_pass
 from automl_prune.errors import UserError
 from automl_prune.evaluation.kl import swapped_weights
 from automl_prune.pruning.apply import PruneResult
@@ -222,7 +223,28 @@ class LayerRecon(Objective):
             ctx.memo[key] = ops
         return ops
 
+    def _prepare_streamed(self, ctx: CandidateContext) -> None:
+        """A block-streamed context: the dense energies and the Fisher from passes over the blocks;
+        every candidate's pass computes its per-row errors (registered here)."""
+        if self.sketch is not None:
+            raise UserError("objective 'layer_recon': 'sketch' does not work with offloaded blocks (each block's "
+                            "Gram matrix is read once per candidate; the exact product costs the same); leave it out")
+        ctx.memo["stream_rows"] = True
+        if "layer_recon_energy" not in ctx.memo:
+            ctx.memo["layer_recon_energy"] = stream_pass(ctx, None, rows=True).rows
+        if "layer_recon_ntokens" not in ctx.memo:
+            ctx.memo["layer_recon_ntokens"] = (ctx.stats.token_counts() if hasattr(ctx.stats, "token_counts") else
+                                               {f"{i}.{n}": max(int(st.n_tokens), 1) for i, b in enumerate(ctx.stats)
+                                                for n, st in b.items()})
+        if self.weighting.startswith("fisher"):
+            key = ("layer_recon_fisher", self.fisher_windows, self.fisher_seqlen, self.fisher_labels)
+            if key not in ctx.memo:
+                ids = P.probe_windows(ctx, self.fisher_windows, self.fisher_seqlen)
+                ctx.memo[key] = stream_fisher(ctx, ids, labels=self.fisher_labels)
+
     def prepare(self, ctx: CandidateContext) -> None:
+        if ctx.streamed:
+            return self._prepare_streamed(ctx)
         groups = self._groups(ctx)
         if "layer_recon_energy" not in ctx.memo:
             ctx.memo["layer_recon_energy"] = self._row_errors(ctx, groups, dense=True)
@@ -262,9 +284,13 @@ class LayerRecon(Objective):
         """Per layer, per output row: the pruning error of the model as it is now (computed once per
         candidate and operator: the weightings of one candidate share the Gram products; a group of
         layers whose weights an earlier candidate held is not computed again)."""
+        memo = ctx.candidate_memo
+        if ctx.streamed:  # computed in the candidate's pass, or a pass of its own
+            if "stream_rows" not in memo:
+                memo["stream_rows"] = stream_pass(ctx, ctx.applied_result.plan, rows=True).rows
+            return memo["stream_rows"]
         op_key = (self.sketch, self.seed if self.sketch is not None else None)
         key = ("layer_recon_rows", *op_key)
-        memo = ctx.candidate_memo
         if key not in memo:
             known = ctx.memo.setdefault("layer_recon_known", GroupErrors())
             memo[key] = self._row_errors(ctx, self._operators(ctx), known=known, op_key=op_key)
@@ -296,7 +322,9 @@ class LayerRecon(Objective):
             bd = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, eng)
             return float((be / bd.clamp_min(1e-30)).mean())
         fisher = ctx.memo[("layer_recon_fisher", self.fisher_windows, self.fisher_seqlen, self.fisher_labels)]
-        ntok = ctx.memo.setdefault("layer_recon_ntokens", {n: g[2] for g in self._groups(ctx) for n in g[0]})
+        ntok = ctx.memo.get("layer_recon_ntokens")
+        if ntok is None:
+            ntok = ctx.memo["layer_recon_ntokens"] = {n: g[2] for g in self._groups(ctx) for n in g[0]}
         total = 0.0
         for n in names:
             f = fisher[n].to(rows[n].device)

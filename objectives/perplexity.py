@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from automl_prune.candidate_context import CandidateContext
-from automl_prune.evaluation.perplexity import perplexity
+from automl_prune.candidate_stream import candidate_perplexity
 from automl_prune.pruning.apply import PruneResult
 
 from . import probe as P
@@ -45,7 +45,7 @@ class HeldoutPerplexity(Objective):
         ids = ctx.heldout_ids if ctx.heldout_ids is not None else ctx.probe_ids
         if self.windows is not None:
             ids = ids[: self.windows]
-        out = perplexity(ctx.model, ids, batch_size=self.batch_size, device=ctx.device, progress=False)
+        out = candidate_perplexity(ctx, ids, batch_size=self.batch_size)
         return _exp(self.name, out["nll"])
 
 

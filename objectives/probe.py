@@ -18,20 +18,15 @@ ends the forward early.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
-from torch import nn
 
 from automl_prune.candidate_context import CandidateContext
+from automl_prune.candidate_stream import ProbeRequest, stream_pass
+from automl_prune.evaluation.head import CHUNK, forward_to_head, head_logits, logit_chunks  # noqa: F401 (used by objectives)
+from automl_prune.evaluation.head import softcap as _softcap  # noqa: F401
 from automl_prune.evaluation.kl import swapped_weights
-
-CHUNK = 512  # tokens per chunk when full-vocabulary logits are formed
-
-
-class _Stop(Exception):
-    """Raised in the LM-head pre-hook: the logits are formed chunk by chunk afterwards."""
-
 
 # ----- windows and the model's forward ----------------------------------------------------------
 def probe_windows(ctx: CandidateContext, windows: int | None, seqlen: int | None) -> torch.Tensor:
@@ -46,67 +41,6 @@ def probe_windows(ctx: CandidateContext, windows: int | None, seqlen: int | None
             raise ValueError("seqlen must be at least 2")
         ids = ids[:, :seqlen]
     return ids
-
-
-def _block_output(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-@torch.no_grad()
-def forward_to_head(model: nn.Module, blocks: list[nn.Module], ids: torch.Tensor,
-                    on_block: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Run ``model`` on ``ids`` (b, L) up to its LM head; return the head's input (b, L, d).
-    ``on_block(i, hidden)`` sees every block's output (and may raise to stop the forward)."""
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head)")
-    captured: list[torch.Tensor] = []
-
-    def head_hook(_module: nn.Module, args: tuple) -> None:
-        captured.append(args[0].detach())
-        raise _Stop
-
-    handles = [head.register_forward_pre_hook(head_hook)]
-    if on_block is not None:
-        for i, block in enumerate(blocks):
-            handles.append(block.register_forward_hook(lambda _m, _a, out, i=i: on_block(i, _block_output(out).detach())))
-    try:
-        model(input_ids=ids, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    if not captured:
-        raise RuntimeError("the LM head was not called by the model's forward")
-    return captured[0]
-
-
-def _softcap(model: nn.Module) -> float | None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    cap = getattr(text, "final_logit_softcapping", None)
-    return float(cap) if cap else None
-
-
-@torch.no_grad()
-def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Float32 logits of LM-head inputs ``hidden`` (..., d), as the model's forward forms them
-    (including Gemma's final logit soft-capping)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = _softcap(model)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def logit_chunks(model: nn.Module, hidden: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(token slice, float32 logits) for ``hidden`` (T, d), ``chunk`` tokens at a time."""
-    for s in range(0, hidden.shape[0], chunk):
-        sl = slice(s, min(s + chunk, hidden.shape[0]))
-        yield sl, head_logits(model, hidden[sl])
 
 
 # ----- the dense reference and the per-candidate run ------------------------------------------------
@@ -162,6 +96,14 @@ def reference(ctx: CandidateContext, windows: int | None, seqlen: int | None, *,
     def keep(i: int, h: torch.Tensor) -> None:
         outs[i].append(h.float().clone())
 
+    if ctx.streamed:  # one dense pass over the offloaded blocks; candidates run these windows in their pass
+        req = ProbeRequest(key, ids, bs, on_block=(lambda i, _s, h: keep(i, h)) if blocks else None)
+        ref = ProbeReference(ids, stream_pass(ctx, None, probes=[req]).finals[key],
+                             [torch.cat(o) for o in outs] if blocks else None)
+        store[key] = ref
+        ctx.memo.setdefault("stream_probes", {})[key] = lambda c, key=key, bs=bs: _stream_request(c, c.memo["probe_reference"][key], key, bs)
+        return ref
+
     with torch.no_grad(), swapped_weights(ctx.modules, ctx.dense):
         for s in range(0, ids.shape[0], bs):
             batch = ids[s : s + bs].to(ctx.device)
@@ -195,31 +137,66 @@ def run(ctx: CandidateContext, result: object, windows: int | None, seqlen: int 
         return probe
     ref = reference(ctx, windows, seqlen, blocks=need_blocks, batch_size=batch_size)
     ids = ref.ids
-    n_blocks = len(ctx.blocks)
     with_blocks = ref.blocks is not None
     bs = batch_size or ids.shape[0]
-    probe = ProbeRun(final=torch.empty(0), n_tokens=int(ids.numel()))
-    if with_blocks:
-        probe.sq, probe.ref, probe.rms, probe.cos = (torch.zeros(n_blocks, dtype=torch.float64) for _ in range(4))
+    if report is not None and not with_blocks:
+        raise RuntimeError("early-stopping reports need the dense block outputs (need_blocks=True)")
+    if ctx.streamed:  # a pass of its own (these windows were not in the candidate's pass)
+        req, finish = _stream_request(ctx, ref, key, bs, report)
+        plan = result.plan if result is not None else ctx.applied_result.plan
+        return finish(result, stream_pass(ctx, plan, probes=[req]).finals[key])
+    probe = _empty_run(ctx, ids, with_blocks)
     finals: list[torch.Tensor] = []
     for s in range(0, ids.shape[0], bs):
         last = s + bs >= ids.shape[0]
 
         def on_block(i: int, h: torch.Tensor, s: int = s, last: bool = last) -> None:
-            d = ref.blocks[i][s : s + h.shape[0]]
-            hp = h.float()
-            probe.sq[i] += float((hp - d).square().sum())
-            probe.ref[i] += float(d.square().sum())
-            probe.rms[i] += float((_rms_normed(hp) - _rms_normed(d)).square().mean(-1).sum())
-            probe.cos[i] += float((1 - torch.nn.functional.cosine_similarity(hp, d, dim=-1)).sum())
+            _accumulate(probe, i, h, ref.blocks[i][s : s + h.shape[0]])
             if report is not None and last:
                 report(i, probe)
 
         batch = ids[s : s + bs].to(ctx.device)
         finals.append(forward_to_head(ctx.model, ctx.blocks, batch, on_block if with_blocks else None).float())
     probe.final = torch.cat(finals).reshape(-1, finals[0].shape[-1])
-    if report is not None and not with_blocks:
-        raise RuntimeError("early-stopping reports need the dense block outputs (need_blocks=True)")
     if result is not None:
         ctx.memo["probe_run"] = (result, key, probe)
     return probe
+
+
+def _empty_run(ctx: CandidateContext, ids: torch.Tensor, with_blocks: bool) -> ProbeRun:
+    probe = ProbeRun(final=torch.empty(0), n_tokens=int(ids.numel()))
+    if with_blocks:
+        probe.sq, probe.ref, probe.rms, probe.cos = (torch.zeros(len(ctx.blocks), dtype=torch.float64) for _ in range(4))
+    return probe
+
+
+def _accumulate(probe: ProbeRun, i: int, h: torch.Tensor, d: torch.Tensor) -> None:
+    """Add one batch's block-``i`` errors (pruned output ``h``, dense output ``d``) to the run."""
+    hp = h.float()
+    probe.sq[i] += float((hp - d).square().sum())
+    probe.ref[i] += float(d.square().sum())
+    probe.rms[i] += float((_rms_normed(hp) - _rms_normed(d)).square().mean(-1).sum())
+    probe.cos[i] += float((1 - torch.nn.functional.cosine_similarity(hp, d, dim=-1)).sum())
+
+
+def _stream_request(ctx: CandidateContext, ref: ProbeReference, key: tuple, bs: int,
+                    report: Callable[[int, ProbeRun], None] | None = None):
+    """(request, finish) of a probe run in a streamed candidate's pass: the request accumulates the
+    per-block errors batch by batch as the in-memory forward does; ``finish(result, final)`` completes
+    the run and caches it for the candidate."""
+    with_blocks = ref.blocks is not None
+    probe = _empty_run(ctx, ref.ids, with_blocks)
+    n = ref.ids.shape[0]
+
+    def on_block(i: int, s: int, h: torch.Tensor) -> None:
+        _accumulate(probe, i, h, ref.blocks[i][s : s + h.shape[0]])
+        if report is not None and s + bs >= n:
+            report(i, probe)
+
+    def finish(result, final: torch.Tensor) -> ProbeRun:
+        probe.final = final
+        if result is not None:
+            ctx.memo["probe_run"] = (result, key, probe)
+        return probe
+
+    return ProbeRequest(key, ref.ids, bs, on_block if with_blocks else None), finish

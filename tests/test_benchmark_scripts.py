@@ -187,19 +187,21 @@ def test_kl_cost_smoke(tiny_llama_dir, data_dir, tmp_path):
 
 
 def test_memory_scaling_smoke(tiny_llama_dir, data_dir, tmp_path):
-    """Every phase in its own process on two depths of a tiny Llama; the table and the growth line."""
+    """Every phase and offload mode in its own process on two depths of a tiny Llama; the table, the
+    memory model's estimate per row, the growth and wall-time lines."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "memory_scaling.py"), "--models", "tiny-64x2,tiny-64x4",
-           "--phases", "capture,wanda,candidate", "--nsamples", "2", "--seqlen", "32", "--data-dir", str(data_dir),
-           "--stem", "smoke", "--results-dir", str(tmp_path / "results")]
+           "--phases", "capture,wanda,candidate", "--offload", "none,disk", "--nsamples", "2", "--seqlen", "32",
+           "--data-dir", str(data_dir), "--stem", "smoke", "--results-dir", str(tmp_path / "results")]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "results" / "smoke.json").read_text())
-    assert [(r["model"], r["phase"]) for r in result["rows"]] == [
-        (m, p) for m in ("tiny-64x2", "tiny-64x4") for p in ("capture", "wanda", "candidate")]
-    assert all(r["peak_rss_mib"] >= r["loaded_rss_mib"] > 0 for r in result["rows"])
+    assert [(r["model"], r["phase"], r["offload"]) for r in result["rows"]] == [
+        (m, p, o) for m in ("tiny-64x2", "tiny-64x4") for p in ("capture", "wanda", "candidate") for o in ("none", "disk")]
+    assert all(r["peak_rss_mib"] >= r["loaded_rss_mib"] > 0 and r["model_mib"] > 0 for r in result["rows"])
     assert {r["blocks"] for r in result["rows"]} == {2, 4}
-    assert set(result["growth"]) == {"capture", "wanda", "candidate"}
-    assert "Growth of the peak" in (tmp_path / "results" / "smoke.md").read_text()
+    assert set(result["growth"]) == {"none", "disk"} and set(result["growth"]["disk"]) == {"capture", "wanda", "candidate"}
+    table = (tmp_path / "results" / "smoke.md").read_text()
+    assert "Growth of the peak" in table and "Wall time offload disk / in memory" in table and "| disk |" in table
     bad = subprocess.run([*cmd[:cmd.index("--phases") + 1], "capture,nope", *cmd[cmd.index("--phases") + 2:]],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown phases" in bad.stderr

@@ -126,7 +126,7 @@ def test_cache_round_trip_and_corruption(tmp_path):
     assert dense_statistics(model, _ids(seed=5), cache_dir=tmp_path, progress=False).info["cache"] == "miss"
     # a corrupt file is detected and rebuilt
     entry = tmp_path / "stats" / first.info["cache_key"][:32]
-    (entry / "stats.safetensors").write_bytes(b"not a safetensors file")
+    (entry / "block-0000.safetensors").write_bytes(b"not a safetensors file")
     assert load_stats(tmp_path, first.info["cache_key"]) is None
     rebuilt = dense_statistics(model, ids, with_gram=True, cache_dir=tmp_path, progress=False)
     assert rebuilt.info["cache"] == "miss"

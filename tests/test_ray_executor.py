@@ -85,6 +85,22 @@ def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_
            [[c["trial"] for c in st["candidates"]] for st in sel[1]["stages"]]
 
 
+def test_offloaded_workers_on_ray_match_the_in_memory_local_study(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+    """Ray workers that stream the model from disk (offload: disk; on a GPU cluster the same worker
+    holds one block on its device) score the same trials as the local executor holding it whole."""
+    path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 5})
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    run_search(load_config(path), local, progress=False)
+    run_search(load_config(path, {"executor": "ray", "ray.max_concurrent_trials": 1, "offload": "disk"}), on_ray, progress=False)
+    a, b = _trials(local), _trials(on_ray)
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.user_attrs["mask_hash"] for t in a] == [t.user_attrs["mask_hash"] for t in b]
+    for ta, tb in zip(a, b):
+        assert tb.values == pytest.approx(ta.values, rel=1e-6)
+    assert all("ray_node_id" in t.user_attrs for t in b)
+    assert json.loads((on_ray / "meta.json").read_text())["memory_model"]["offload"] == "disk"
+
+
 def test_joint_plan_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_clean):
     """allocation_search on Ray: both phases' candidates on actors (the phase's actors swap from the
     database the driver built of the first phase's selected plan); the same trials and values."""

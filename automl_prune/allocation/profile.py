@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,7 @@ class ModelProfile:
         alpha_window: Window = "alphapruning",
         owl_floor: float = 1.0,
         owl_knots: int = 4096,
+        store=None,
     ) -> "ModelProfile":
         """Profile of ``model`` (dense weights) with its dense statistics (``stats[block][layer]``).
 
@@ -119,14 +121,15 @@ class ModelProfile:
             if len(stats) != len(blocks):
                 raise ValueError(f"statistics cover {len(stats)} blocks but the model has {len(blocks)}")
             for i, block in enumerate(blocks):
-                tail, size, count = _owl_block(prunable_linears(block), stats[i], owl_floor, owl_knots)
+                with (store.loaded(i, writable=False) if store is not None else nullcontext(block)) as block:
+                    tail, size, count = _owl_block(prunable_linears(block), stats[i], owl_floor, owl_knots)
                 prof.owl_tails.append(tail)
                 prof.owl_tail_sizes.append(size)
                 prof.owl_counts.append(count)
             prof.info.update(owl_seconds=round(time.perf_counter() - start, 3), owl_floor=owl_floor, owl_knots=owl_knots)
         if with_alphas:
             prof.layer_alphas, alpha_info = layer_alphas(
-                blocks, window=alpha_window, cache_dir=alpha_cache_dir, cache_key=alpha_cache_key
+                blocks, window=alpha_window, cache_dir=alpha_cache_dir, cache_key=alpha_cache_key, store=store
             )
             prof.info.update(alpha_info)
         return prof
@@ -194,8 +197,10 @@ def layer_alphas(
     window: Window = "alphapruning",
     cache_dir: str | os.PathLike | None = None,
     cache_key: str | None = None,
+    store=None,
 ) -> tuple[list[list[float]], dict]:
-    """Per block, per prunable layer spectral exponent; with a JSON disk cache keyed by ``cache_key``."""
+    """Per block, per prunable layer spectral exponent; with a JSON disk cache keyed by ``cache_key``.
+    ``store``: the blocks are offloaded and brought in one at a time."""
     names = [list(prunable_linears(b)) for b in blocks]
     path = _alpha_cache_file(Path(cache_dir), cache_key, window) if cache_dir and cache_key else None
     if path is not None and path.is_file():
@@ -206,7 +211,10 @@ def layer_alphas(
         except (OSError, ValueError, KeyError):
             pass  # unreadable entry: recompute and overwrite
     start = time.perf_counter()
-    alphas = [[esd_alpha(lin.weight, window=window) for lin in prunable_linears(b).values()] for b in blocks]
+    alphas = []
+    for i, b in enumerate(blocks):
+        with (store.loaded(i, writable=False) if store is not None else nullcontext(b)) as b:
+            alphas.append([esd_alpha(lin.weight, window=window) for lin in prunable_linears(b).values()])
     seconds = round(time.perf_counter() - start, 3)
     info = dict(alpha_cache="miss" if path else "off", alpha_seconds=seconds, alpha_window=window)
     if path is not None:

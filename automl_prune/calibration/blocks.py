@@ -6,15 +6,22 @@ the model's own forward on the first window, for *every* block: families such as
 sliding-window and global layers different masks and embeddings, so reusing block 0's
 arguments everywhere would be wrong. All windows have the same length, and the recorded
 arguments have batch size 1, so they broadcast over batches of any size.
+
+With a block store (``offload: cpu | disk``, models/offload.py) the blocks' weights live off the
+device: the arguments and the first block's inputs come from the model's forward with the blocks
+passed through, and a block is on the device only while ``runner.block(i)`` holds it.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+
+from ..models.offload import passthrough
 
 
 class _Stop(Exception):
@@ -110,17 +117,38 @@ class BlockRunner:
     input_ids: torch.Tensor  # (n_windows, seqlen)
     batch_size: int = 4
     device: torch.device | str = "cpu"
+    store: Any = None  # a BlockStore (models/offload.py) when the blocks are offloaded
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
-        self.calls = record_block_calls(self.model, self.blocks, self.input_ids[:1].to(self.device))
-        self.hidden = embed_windows(self.model, self.blocks[0], self.input_ids, self.batch_size, self.device)
+        # where the hidden states wait between blocks: on the host when the blocks are offloaded (a
+        # batch goes to the device to run through a block and comes back), else on the device
+        self.home = torch.device("cpu") if self.store is not None else self.device
+        if self.store is None:
+            self.calls = record_block_calls(self.model, self.blocks, self.input_ids[:1].to(self.device))
+        else:
+            with passthrough(self.blocks):
+                self.calls = record_block_calls(self.model, self.blocks, self.input_ids[:1].to(self.device))
+        self.hidden = [h.to(self.home) for h in embed_windows(self.model, self.blocks[0], self.input_ids, self.batch_size,
+                                                              self.device)]
+
+    @contextmanager
+    def block(self, index: int, *, write_back: bool = False) -> Iterator[nn.Module]:
+        """Block ``index`` ready to run for the body (offloaded: brought to the device, written back
+        after the body when ``write_back``, then released)."""
+        if self.store is None:
+            with nullcontext(self.blocks[index]) as block:
+                yield block
+        else:  # a block that is not written back is only run here: read-only
+            with self.store.loaded(index, write_back=write_back, writable=write_back) as block:
+                yield block
 
     @torch.no_grad()
     def run(self, index: int, *, keep_outputs: bool = True) -> None:
-        """Run block ``index`` on every batch; if ``keep_outputs`` its outputs become the next inputs."""
+        """Run block ``index`` on every batch; if ``keep_outputs`` its outputs become the next inputs.
+        The block must be ready (in memory, or held by :meth:`block`)."""
         block, call = self.blocks[index], self.calls[index]
-        outputs = [call(block, h) for h in self.hidden]
+        outputs = [call(block, h.to(self.device)).to(self.home) for h in self.hidden]
         if keep_outputs:
             self.hidden = outputs
 

@@ -72,7 +72,7 @@ def _collect(runner: BlockRunner, index: int, linears: dict[str, nn.Linear], wit
     try:
         outputs = []
         for h in runner.hidden:
-            outputs.append(runner.calls[index](block, h))
+            outputs.append(runner.calls[index](block, h.to(runner.device)).to(runner.home))
             hooks.end_batch()
     finally:
         hooks.remove()
@@ -92,12 +92,15 @@ def capture_statistics(
     blocks: Iterable[int] | None = None,
     offload: torch.device | str = "cpu",
     progress: bool = True,
+    keep: Callable[[int, BlockStats], BlockStats | None] | None = None,
 ) -> list[BlockStats]:
     """Statistics of every block's prunable linear layers (names relative to the block).
 
     ``on_block(i, block, stats)`` is called after block ``i``'s statistics are complete; in
     ``sequential`` mode it is expected to prune the block, which is then run again so that the
-    next block sees pruned outputs. Statistics are moved to ``offload`` after each block.
+    next block sees pruned outputs. Statistics are moved to ``offload`` after each block; ``keep(i,
+    stats)``, if given, receives them then and returns what the result holds for the block (None
+    once they are written to disk: a block-streamed run holds one block's statistics at a time).
     """
     if mode not in ("one-shot", "sequential"):
         raise ValueError(f"mode must be 'one-shot' or 'sequential', not {mode!r}")
@@ -105,13 +108,17 @@ def capture_statistics(
     result: list[BlockStats] = []
     bar = progress_bar(indices, desc=f"calibration ({mode})", unit="block", enabled=progress, leave=False)
     for i in bar:
-        block = runner.blocks[i]
-        stats = _collect(runner, i, linears_of(block), with_gram, keep_outputs=(mode == "one-shot"))
-        if on_block is not None:
-            on_block(i, block, stats)
-        if mode == "sequential":
-            runner.run(i, keep_outputs=True)
-        result.append(_dedup_to(stats, offload))
+        # offloaded blocks: on the device for the block's whole turn, kept as on_block left them
+        with runner.block(i, write_back=on_block is not None) as block:
+            stats = _collect(runner, i, linears_of(block), with_gram, keep_outputs=(mode == "one-shot"))
+            if on_block is not None:
+                on_block(i, block, stats)
+            if mode == "sequential":
+                runner.run(i, keep_outputs=True)
+        stats = _dedup_to(stats, offload)
+        if keep is not None:
+            stats = keep(i, stats)
+        result.append(stats)
     return result
 
 

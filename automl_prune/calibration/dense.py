@@ -12,7 +12,8 @@ from torch import nn
 from ..models.adapters import decoder_blocks, prunable_linears
 from .blocks import BlockRunner
 from ..models.gguf_cache import default_cache_dir
-from .cache import cache_key, load_stats, model_fingerprint, save_stats
+from ..errors import UserError
+from .cache import StatsWriter, cache_key, load_stats, model_fingerprint, save_stats
 from .capture import BlockStats, capture_statistics
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,20 @@ def dense_statistics(
     use_cache: bool = True,
     windows_info: dict | None = None,
     progress: bool = True,
+    store=None,
 ) -> StatisticsResult:
     """Statistics of every prunable linear layer of the dense model (one-shot mode).
 
     Looked up in the on-disk cache first (key: model fingerprint, calibration windows, settings);
-    a cache with a Gram matrix also serves a request without one.
+    a cache with a Gram matrix also serves a request without one. ``store``: the blocks are
+    offloaded (models/offload.py); the capture streams them one at a time, each block's statistics
+    are written to the cache as soon as they are complete, and the result reads one block's
+    statistics at a time from there (``CachedStats``; without the cache: from the offload folder
+    on ``disk``, held in memory on ``cpu``).
     """
     blocks = decoder_blocks(model)
     windows_sha = (windows_info or {}).get("windows_sha256") or _sha(input_ids)
-    fingerprint = model_fingerprint(blocks, prunable_linears)
+    fingerprint = model_fingerprint(blocks, prunable_linears, store)
     base = dict(model=fingerprint, windows=windows_sha, mode="one-shot", dtype=str(next(model.parameters()).dtype))
     keys = [cache_key(**base, gram=True)] + ([] if with_gram else [cache_key(**base, gram=False)])
     root = default_cache_dir(cache_dir)
@@ -52,15 +58,32 @@ def dense_statistics(
     start = time.perf_counter()
     if use_cache:
         for key in keys:
-            stats = load_stats(root, key)
+            stats = load_stats(root, key, lazy=store is not None)
             if stats is not None:
                 info.update(cache="hit", cache_key=key, seconds=round(time.perf_counter() - start, 3))
                 return StatisticsResult(stats, info)
-    runner = BlockRunner(model, blocks, input_ids, batch_size=batch_size, device=device)
+    runner = BlockRunner(model, blocks, input_ids, batch_size=batch_size, device=device, store=store)
+    key = keys[0] if with_gram else keys[-1]
+    streamed_root = root if use_cache else (store.folder if store is not None and store.mode == "disk" else None)
+    if streamed_root is not None and store is not None:
+        writer = StatsWriter(streamed_root, key, settings=base | {"gram": with_gram})
+        try:
+            capture_statistics(runner, prunable_linears, mode="one-shot", with_gram=with_gram, progress=progress,
+                               keep=lambda i, block_stats: writer.add(i, block_stats))
+            writer.commit()
+        except OSError as exc:
+            raise UserError(f"could not write the statistics of the offloaded model in {streamed_root}: {exc}; "
+                            "free disk space there or point --cache-dir elsewhere") from exc
+        finally:
+            writer.abort()
+        stats = load_stats(streamed_root, key, lazy=True)
+        info.update(cache="miss" if use_cache else "off", seconds=round(time.perf_counter() - start, 3), streamed=store.mode)
+        if use_cache:
+            info["cache_key"] = key
+        return StatisticsResult(stats, info)
     stats = capture_statistics(runner, prunable_linears, mode="one-shot", with_gram=with_gram, progress=progress)
     info.update(cache="miss" if use_cache else "off", seconds=round(time.perf_counter() - start, 3))
     if use_cache:
-        key = keys[0] if with_gram else keys[-1]
         try:
             save_stats(root, key, stats, settings=base | {"gram": with_gram})
             info["cache_key"] = key

@@ -20,6 +20,45 @@ def add_model_options(p: argparse.ArgumentParser, *, required: bool = True) -> N
                    help="cache for GGUF conversions and statistics (default $AUTOML_PRUNE_CACHE or ~/.cache/automl-prune)")
 
 
+def add_offload_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory")
+    g.add_argument("--offload", default="none", choices=["none", "cpu", "disk"],
+                   help="where the decoder blocks' weights live: on the device (none, default), in host memory (cpu) or "
+                        "in memory-mapped safetensors files (disk); offloaded, one block at a time is on the device")
+    g.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="where --offload disk writes the blocks it changes (default: a temporary folder)")
+    g.add_argument("--no-memory-check", action="store_true",
+                   help="do not refuse a job the memory model says will not fit")
+
+
+def memory_check(args: argparse.Namespace, job_kind: str, **job) -> None:
+    """Print the memory model's figures for the job and refuse it (UserError) when it does not fit."""
+    # deferred: torch and the model stack load only when a subcommand runs
+    from ..models.loading import resolve_device, resolve_dtype
+    from ..models.memory_model import Job, ModelShape, available, check_fits, estimate, model_config
+
+    config = model_config(args.model, args.cache_dir)
+    if config is None:
+        print("memory: the model's config cannot be read before loading; no memory check")
+        return
+    device = str(resolve_device(args.device))
+    dtype_bytes = torch_itemsize(resolve_dtype(args.dtype))
+    est = estimate(ModelShape.from_config(config), Job(job_kind, offload=args.offload, device=device, dtype_bytes=dtype_bytes,
+                                                       **job))
+    print(f"memory (offload: {args.offload}, model estimate): {est.summary(device)}")
+    if not args.no_memory_check:
+        from ..models.gguf_cache import default_cache_dir  # deferred: as above
+
+        folder = args.offload_folder or default_cache_dir(args.cache_dir)
+        check_fits(est, available(device, folder=folder), what=f"{job_kind} of {args.model}")
+
+
+def torch_itemsize(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
 def add_data_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=os.environ.get("AUTOML_PRUNE_DATA_DIR"), metavar="DIR",
                    help="offline data folder laid out like shared/data (default $AUTOML_PRUNE_DATA_DIR); "

@@ -33,6 +33,7 @@ def register(sub) -> None:
     what.add_argument("--permute", choices=get_args(Permute), help="N:M only: choose the mask in a permuted "
                       "input-channel order (RIA); lsa adds linear-sum-assignment refinement (slower)")
     common.add_calibration_options(p)
+    common.add_offload_options(p)
     common.add_data_dir_option(p)
     common.add_eval_options(p, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import calibration_windows, check_source, evaluation_windows
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity
+    from ..evaluation.streamed import streamed_head_inputs, streamed_kl
     from ..export import export_pruned
     from ..models.adapters import decoder_blocks, prunable_linears
     from ..models.loading import check_model_spec, load_model
@@ -106,13 +108,16 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not (out / "plan.yaml").exists():
         raise UserError(f"output folder {out} exists and is not an automl-prune export; choose an empty or new folder")
     check_model_spec(args.model)
+    common.memory_check(args, "prune", n_windows=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size,
+                        with_gram=plan.needs_gram, update=plan.update)
     if needs_statistics(plan):  # open the text before the model loads, so a bad source fails at once
         check_source(args.calib, "calibration", data_dir=args.data_dir, split=args.calib_split, text_field=args.text_field)
     for s in sources:
         check_source(s, "evaluation", data_dir=args.data_dir)
 
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
-    model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir, offload=args.offload,
+                        offload_folder=args.offload_folder)
+    model, tok, device, store = loaded.model, loaded.tokenizer, loaded.info["device"], loaded.store
     bos = common.use_bos(args, model)
     print(f"model: {args.model} ({loaded.info.get('n_params', 0) / 1e6:.1f}M parameters, {loaded.info['model_type']}, {device})")
     print(f"plan:  {plan.describe()}")
@@ -129,14 +134,23 @@ def run(args: argparse.Namespace) -> int:
     evals = {s: evaluation_windows(s, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=args.data_dir, bos=bos)
              for s in sources}
 
-    dense_ppl = {s: perplexity(model, w.input_ids, device=device, desc=f"dense ppl {s}") for s, w in evals.items()}
-    modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
-    dense_weights = {n: m.weight.data.clone() for n, m in modules.items()} if args.kl and evals else None
+    dense_ppl = {s: perplexity(model, w.input_ids, device=device, desc=f"dense ppl {s}", store=store) for s, w in evals.items()}
+    if store is None:
+        modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
+        dense_weights = {n: m.weight.data.clone() for n, m in modules.items()} if args.kl and evals else None
+    else:  # offloaded: the dense LM-head inputs are kept, not the dense weights
+        dense_heads = {s: streamed_head_inputs(model, store, w.input_ids, device=device, desc=f"dense {s}")
+                       for s, w in evals.items()} if args.kl else {}
 
     result = prune_model(model, plan, None if calib is None else calib.input_ids, batch_size=args.batch_size, device=device,
-                         cache_dir=args.cache_dir, use_cache=not args.no_cache, windows_info=None if calib is None else calib.info)
-    pruned_ppl = {s: perplexity(model, w.input_ids, device=device, desc=f"pruned ppl {s}") for s, w in evals.items()}
-    kl = {s: kl_to_dense(model, modules, dense_weights, w.input_ids, device=device) for s, w in evals.items()} if dense_weights else {}
+                         cache_dir=args.cache_dir, use_cache=not args.no_cache, windows_info=None if calib is None else calib.info,
+                         store=store)
+    pruned_ppl = {s: perplexity(model, w.input_ids, device=device, desc=f"pruned ppl {s}", store=store) for s, w in evals.items()}
+    if store is None:
+        kl = {s: kl_to_dense(model, modules, dense_weights, w.input_ids, device=device) for s, w in evals.items()} if dense_weights else {}
+    else:
+        kl = {s: streamed_kl(model, dense_heads[s], streamed_head_inputs(model, store, evals[s].input_ids, device=device,
+                                                                         desc=f"pruned {s}")) for s in dense_heads}
 
     metrics = {
         "model": loaded.info,
@@ -154,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["automl-prune", *sys.argv[1:]]),
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    export_pruned(model, tok, out, plan, metrics, permutations=result.permutations)
+    export_pruned(model, tok, out, plan, metrics, permutations=result.permutations, store=store)
     _summary(plan, result, dense_ppl, pruned_ppl, kl, out)
     return 0
 

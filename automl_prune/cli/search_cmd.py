@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--executor", choices=("local", "ray"), help="run trials in this process (local) or on Ray")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
     p.add_argument("--concurrent", type=int, metavar="K", help="trials run at once on Ray (ray.max_concurrent_trials)")
+    p.add_argument("--offload", choices=("none", "cpu", "disk"), help="where the decoder blocks' weights live (offload): "
+                   "on the device, in host memory or in memory-mapped files; offloaded, candidates stream block by block")
     p.add_argument("--no-final", action="store_true", help="skip the held-out comparison at the end")
     p.set_defaults(func=run)
     r = sub.add_parser("report", help="rebuild report.md, trials.csv, plans and plots of a search folder")
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     overrides = {k: v for k, v in {"budget.trials": args.trials, "budget.timeout": args.timeout, "model": args.model,
                                    "storage": args.storage, "searcher.seed": args.seed, "executor": args.executor,
-                                   "ray.address": args.ray_address, "ray.max_concurrent_trials": args.concurrent}.items()
+                                   "ray.address": args.ray_address, "ray.max_concurrent_trials": args.concurrent,
+                                   "offload": args.offload}.items()
                  if v is not None}
     data_dir = args.data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR")
     if data_dir:

@@ -27,6 +27,8 @@ import torch
 from automl_prune.errors import UserError
 from automl_prune.models import gguf_cache
 from automl_prune.models.aliases import ResolvedAlias, get_alias, is_alias
+from automl_prune.models.adapters import decoder_blocks
+from automl_prune.models.offload import BlockStore, check_offload, load_streamed
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -50,6 +52,8 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     info: dict[str, Any] = field(default_factory=dict)
+    #: where the decoder blocks' weights live when they are offloaded (models/offload.py), else None
+    store: Any = None
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -98,12 +102,17 @@ def _prepare(model: Any, dtype: torch.dtype, device: torch.device) -> Any:
         model = model.to(dtype=dtype, device=device)
     model.eval()
     model.requires_grad_(False)
+    _prepare_config(model)
+    return model
+
+
+def _prepare_config(model: Any) -> None:
+    """No KV cache (the model and a multimodal model's text config)."""
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     text_config = getattr(model.config, "text_config", None)
     if text_config is not None and hasattr(text_config, "use_cache"):
         text_config.use_cache = False
-    return model
 
 
 def _load_pretrained(source: str, dtype: torch.dtype, device: torch.device) -> Any:
@@ -160,16 +169,15 @@ def _load_hub(spec: str, dtype: torch.dtype, device: torch.device) -> tuple[Any,
     return model, _load_tokenizer(spec)
 
 
-def _load_gguf(
+def _gguf_source(
     cache_root: Path,
-    dtype: torch.dtype,
-    device: torch.device,
     *,
     gguf_path: Path | None = None,
     sha256: str | None = None,
     locate: Callable[[Path], ResolvedAlias] | None = None,
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Load from the safetensors cache of a GGUF file, building the cache first when needed.
+) -> tuple[Path, dict[str, Any], tuple[Any, Any] | None]:
+    """The safetensors cache folder of a GGUF file, built first when needed: (folder, info, the
+    dequantized (model, tokenizer) when it was just built, else None).
 
     Either ``gguf_path`` is given, or ``locate`` (an alias's resolver), which is called only when
     the GGUF file itself is needed: an alias with a published ``sha256`` and a complete cache
@@ -182,16 +190,65 @@ def _load_gguf(
         sha256 = sha256 or gguf_cache.sha256_file(gguf_path)
     folder = gguf_cache.cache_folder(cache_root, sha256)
     info = {"gguf_sha256": sha256, "cache_path": str(folder), "gguf_file": str(gguf_path) if gguf_path else None}
-
     if gguf_cache.is_complete(folder, sha256):
-        model = _load_pretrained(str(folder), dtype, device)
-        return model, _load_tokenizer(str(folder)), {**info, "cache_hit": True}
-
+        return folder, {**info, "cache_hit": True}, None
     gguf_cache.remove_folder(folder)  # absent, incomplete or corrupt
     log.info("dequantizing %s to float32 once; the copy is cached in %s", gguf_path.name, folder)
     model, tokenizer = gguf_cache.dequantize_gguf(gguf_path)
     gguf_cache.write_cache(model, tokenizer, folder, sha256=sha256, gguf_path=gguf_path)
-    return model, tokenizer, {**info, "cache_hit": False}
+    return folder, {**info, "cache_hit": False}, (model, tokenizer)
+
+
+def _load_gguf(cache_root: Path, dtype: torch.dtype, device: torch.device, **where) -> tuple[Any, Any, dict[str, Any]]:
+    """Load from the safetensors cache of a GGUF file, building the cache first when needed."""
+    folder, info, built = _gguf_source(cache_root, **where)
+    if built is not None:
+        return built[0], built[1], info
+    return _load_pretrained(str(folder), dtype, device), _load_tokenizer(str(folder)), info
+
+
+def _load_offloaded(spec: str, path: Path, cache_root: Path, dtype: torch.dtype, device: torch.device, offload: str,
+                    offload_folder) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(model, tokenizer, store, info) with the decoder blocks offloaded: read block by block from the
+    checkpoint (its safetensors files memory-mapped) where the source is a folder of them, else
+    loaded whole once and then offloaded."""
+    info: dict[str, Any] = {}
+    folder, whole = None, None
+    if is_alias(spec) and not path.exists():
+        alias = get_alias(spec)
+        gguf_cache.require_gguf_package()
+        folder, extra, whole = _gguf_source(cache_root, sha256=alias.sha256, locate=alias.locate)
+        info.update(source="alias", alias=alias.name, path=extra["gguf_file"] or extra["cache_path"], **extra)
+    elif path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model folder")
+        gguf_cache.require_gguf_package()
+        folder, extra, whole = _gguf_source(cache_root, gguf_path=path.resolve())
+        info.update(source="gguf", path=str(path.resolve()), **extra)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            _load_folder(path.resolve(), dtype, device)  # the folder's own error
+        folder = path.resolve()
+        info.update(source="local", path=str(folder))
+    else:
+        model, tokenizer = _load_hub(spec, dtype, device)
+        whole = (model, tokenizer)
+        info.update(source="hub", path=spec)
+    streamed = None
+    if folder is not None:
+        del whole  # a GGUF just dequantized: read back from its cache block by block instead
+        streamed = load_streamed(folder, dtype, device, offload, offload_folder=offload_folder)
+        tokenizer = _load_tokenizer(str(folder))
+        whole = None if streamed is not None else (_load_pretrained(str(folder), dtype, device), tokenizer)
+    if streamed is not None:
+        model, store = streamed
+        info["offload_load"] = "streamed from the checkpoint"
+    else:
+        model, tokenizer = whole
+        model = _prepare(model, dtype, device)
+        store = BlockStore.from_model(model, decoder_blocks(model), offload, folder=offload_folder)
+        info["offload_load"] = "loaded whole, then offloaded"
+    return model, tokenizer, store, info
 
 
 def load_model(
@@ -200,6 +257,8 @@ def load_model(
     dtype: str = "float32",
     device: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    offload: str = "none",
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a causal LM for pruning from an alias, a ``.gguf`` file, a local folder or a hub id.
 
@@ -209,6 +268,10 @@ def load_model(
         dtype: ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N``.
         cache_dir: root of the GGUF cache; default ``$AUTOML_PRUNE_CACHE`` or ``~/.cache/automl-prune``.
+        offload: ``none`` (the whole model on the device), ``cpu`` or ``disk`` (the decoder blocks'
+            weights off the device, one block brought in at a time: models/offload.py; the
+            result's ``store`` holds them).
+        offload_folder: where ``disk`` writes the blocks it changes (default: a temporary folder).
 
     Raises:
         UserError: bad dtype or device, missing path, unloadable model, unreachable hub.
@@ -223,7 +286,12 @@ def load_model(
     info: dict[str, Any] = {"spec": spec}
 
     path = Path(spec).expanduser()
-    if is_alias(spec) and not path.exists():
+    store = None
+    if check_offload(offload) != "none":
+        model, tokenizer, store, info_extra = _load_offloaded(spec, path, cache_root, torch_dtype, torch_device, offload,
+                                                              offload_folder)
+        info.update(info_extra)
+    elif is_alias(spec) and not path.exists():
         alias = get_alias(spec)
         gguf_cache.require_gguf_package()
         model, tokenizer, extra = _load_gguf(
@@ -243,7 +311,13 @@ def load_model(
         model, tokenizer = _load_hub(spec, torch_dtype, torch_device)
         info.update(source="hub", path=spec)
 
-    model = _prepare(model, torch_dtype, torch_device)
+    if store is None:
+        model = _prepare(model, torch_dtype, torch_device)
+    else:
+        model.eval()
+        model.requires_grad_(False)
+        _prepare_config(model)
+        info.update(offload=store.describe())
     info.update(
         model_type=getattr(model.config, "model_type", None),
         model_class=type(model).__name__,
@@ -252,4 +326,4 @@ def load_model(
         n_params=sum(p.numel() for p in model.parameters()),
         load_seconds=round(time.perf_counter() - start, 3),
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, store=store)

@@ -242,6 +242,11 @@ class StudyConfig(_Strict):
     model: str = "smollm2-135m"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
+    # where the decoder blocks' weights live: on the device (none), in host memory or in memory-mapped
+    # files, one block on the device at a time (candidates streamed block by block: candidate_stream.py)
+    offload: Literal["none", "cpu", "disk"] = "none"
+    offload_folder: str | None = None  # where disk offload writes what it changes (default: a temporary folder)
+    memory_check: bool = True  # refuse a study the memory model says will not fit (models/memory_model.py)
     data_dir: str | None = None
     cache_dir: str | None = None
     calibration: CalibrationConfig = CalibrationConfig()
@@ -346,6 +351,7 @@ def _check_names(config: StudyConfig) -> None:
     if config.selection is not None:
         _check_selection(config)
     _check_evolution(config)
+    _check_offload(config)
     if config.allocation_search is not None:
         _check_allocation_search(config)
     unknown = [b for b in config.final.baselines if b not in BASELINES]
@@ -371,6 +377,24 @@ def selection_seqlen(config: StudyConfig, tokens: int, selection: "SelectionConf
     selection = selection if selection is not None else config.selection
     seqlen = min((selection.seqlen if selection is not None else None) or config.probe.seqlen, tokens)
     return tokens // seqlen, seqlen
+
+
+def _check_offload(config: StudyConfig) -> None:
+    """What a block-streamed study (offload: cpu | disk) cannot do yet, refused before anything loads."""
+    if config.offload == "none":
+        return
+    alloc = (config.space.get("allocation") or {})
+    alloc = alloc if isinstance(alloc, str) else alloc.get("name")
+    why = None
+    if config.searcher.name == "evolution" or alloc == "levels" or config.allocation_search is not None:
+        why = "the level database (evolution searcher, levels allocation, allocation_search) holds every layer's pruned levels"
+    elif any(o.name == "zero_shot" for o in config.objectives) or config.final.zero_shot is not None:
+        why = "zero-shot tasks run the whole model (objective zero_shot, final.zero_shot)"
+    elif any(o.name == "layer_recon" and o.params.get("sketch") is not None for o in config.objectives):
+        why = "layer_recon's sketch factorises every Gram matrix once per context (leave 'sketch' out)"
+    if why is not None:
+        raise UserError(f"invalid config: field 'offload': {config.offload!r} offload streams the model block by block, "
+                        f"and {why}; use offload: none for this study")
 
 
 def _check_evolution(config: StudyConfig) -> None:

@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 
 from ..allocation.profile import layer_alphas
 from ..candidate_context import CandidateContext
-from ..evaluation.perplexity import perplexity
+from ..candidate_stream import candidate_perplexity
 from ..evaluation.zeroshot import ZeroShotSuite
 from ..models.adapters import needs_bos
 from ..progress import progress_bar
@@ -38,7 +38,7 @@ class HeldoutEvaluator:
         result = ctx.apply(plan)
         digest = mask_hash(ctx, plan)
         if digest not in self.memo:
-            self.memo[digest] = perplexity(ctx.model, ctx.heldout_ids, device=ctx.device, progress=False)["ppl"]
+            self.memo[digest] = candidate_perplexity(ctx, ctx.heldout_ids)["ppl"]
         return self.memo[digest], result.realised_sparsity, digest
 
 
@@ -85,7 +85,7 @@ def baseline_plan(method: str, sparsity: float | None, pattern: str, state: Sear
         raise ValueError(f"baseline {method} allocates unstructured sparsity; it does not apply to {pattern}")
     profile, alphas = state.profile, None
     if ALLOCATION_BASELINES[method] == "alpha" and not profile.has_alphas:  # the search's profile did not need them
-        alphas = np.array([float(np.mean(a)) for a in layer_alphas(state.ctx.blocks)[0]])
+        alphas = np.array([float(np.mean(a)) for a in layer_alphas(state.ctx.blocks, store=state.ctx.store)[0]])
     return allocation_baseline_plan(method, sparsity, profile, alphas)
 
 

@@ -21,7 +21,7 @@ from .loop import run_searcher
 from .polish import check_polish_studies, polish_front
 from .outputs import write_outputs
 from .selection import run_selection
-from .setup import load_search
+from .setup import load_search, search_memory
 from .state import SearchState, remember_finished
 from .storage import check_url, fail_orphans, quiet_ask_warning
 from .study import Study
@@ -71,7 +71,10 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
                     ", ".join(map(str, orphans)))
     check_polish_studies(config, definition.url)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    memory = search_memory(config)  # before the model loads: a worker that cannot fit is refused with the figures
     ctx, profile, space = load_search(definition, progress=progress)
+    if memory is not None:
+        ctx.info["memory_model"] = memory
     check_weights(study, ctx.info.get("statistics", {}).get("model_fingerprint"), definition.where)
     quiet_ask_warning()
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=definition.objectives,

@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
+
 from ..allocation.profile import ModelProfile
 from ..calibration.dense import dense_statistics
 from ..candidate_context import CandidateContext
 from ..data import calibration_windows, check_source, evaluation_windows
 from ..models.adapters import needs_bos
 from ..models.gguf_cache import default_cache_dir
-from ..models.loading import check_model_spec, load_model
+from ..models.loading import check_model_spec, load_model, resolve_device, resolve_dtype
+from ..models.memory_model import Job, ModelShape, available, check_fits, estimate, model_config
 from .config import StudyConfig
 from .study import Study
 
@@ -24,8 +27,9 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
     unless ``use_cache`` is False)."""
     check_sources(config)
     start = time.perf_counter()
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
-    model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir,
+                        offload=config.offload, offload_folder=config.offload_folder)
+    model, tok, device, store = loaded.model, loaded.tokenizer, loaded.info["device"], loaded.store
     log.info("model %s loaded (%.1fM parameters, %s, %.0f s)", config.model, loaded.info.get("n_params", 0) / 1e6, device,
              time.perf_counter() - start)
     bos = needs_bos(model)
@@ -41,12 +45,38 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
     log.info("calibration %s %d x %d, probe %d x %d, held-out %s %d x %d; statistics next", c.source, c.nsamples, c.seqlen,
              p.nsamples, p.seqlen, h.source, heldout.input_ids.shape[0], h.seqlen)
     stats = dense_statistics(model, calib.input_ids, with_gram=True, device=device, cache_dir=config.cache_dir,
-                             use_cache=use_cache, windows_info=calib.info, progress=progress)
+                             use_cache=use_cache, windows_info=calib.info, progress=progress, store=store)
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
     info = dict(model=loaded.info, calibration=calib.info, probe=probe.info, heldout=heldout.info, statistics=stats.info,
                 mode="one-shot", data_dir=config.data_dir)  # data_dir: objectives that read task files (zero_shot)
     return CandidateContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
-                         device=device, tokenizer=tok, info=info)
+                         device=device, tokenizer=tok, info=info, store=store)
+
+
+def search_memory(config: StudyConfig) -> dict | None:
+    """The memory model's figures for one search worker of ``config`` (printed; refused when it does
+    not fit and ``memory_check`` is on). None when the model's config cannot be read before loading."""
+    shape_config = model_config(config.model, config.cache_dir)
+    if shape_config is None:
+        log.info("memory: the model's config cannot be read before loading; no memory check")
+        return None
+    device = str(resolve_device(config.device))
+    c, p = config.calibration, config.probe
+    job = Job("candidate", offload=config.offload, device=device,
+              dtype_bytes=torch.empty((), dtype=resolve_dtype(config.dtype)).element_size(),
+              n_windows=c.nsamples, seqlen=c.seqlen, with_gram=True, probe_tokens=p.nsamples * p.seqlen)
+    est = estimate(ModelShape.from_config(shape_config), job)
+    ray = config.executor == "ray"
+    gpus = config.ray.gpus_per_trial if ray else 1.0
+    log.info("memory per worker (offload: %s, model estimate): %s", config.offload, est.summary(device))
+    if config.memory_check:
+        have = available(device, gpus=gpus or 1.0, folder=config.offload_folder or default_cache_dir(config.cache_dir))
+        if ray and have["host"] is not None:
+            have["host"] //= config.ray.max_concurrent_trials  # local workers share this machine's memory
+        check_fits(est, have, what=f"a search worker of {config.model}", offload_hint="offload: disk, or cpu with a GPU",
+                   skip_hint="set memory_check: false in the config")
+    return dict(device_peak_gib=round(est.device_peak / 2**30, 2), host_peak_gib=round(est.host_peak / 2**30, 2),
+                disk_gib=round(est.disk / 2**30, 2), offload=config.offload)
 
 
 def check_sources(config: StudyConfig) -> None:
@@ -66,7 +96,7 @@ def build_profile(ctx, space, *, cache_dir=None):
     needs_alphas = getattr(getattr(space, "allocation", None), "name", None) == "alpha"
     key = ctx.info.get("statistics", {}).get("model_fingerprint")
     return ModelProfile.build(ctx.model, ctx.stats, with_alphas=needs_alphas, alpha_cache_dir=default_cache_dir(cache_dir),
-                              alpha_cache_key=key)
+                              alpha_cache_key=key, store=ctx.store)
 
 
 def load_search(study: Study, *, progress: bool = True, use_cache: bool = True):

@@ -1,0 +1,232 @@
+"""How much memory a job needs, from the model's config alone (before anything loads): device peak,
+host peak and disk, per job (statistics capture, pruning, one search candidate) and offload mode.
+
+The model is counted exactly (a skeleton built from the config without weights); what the work
+adds is a sum of named parts, each one a formula of the shapes and the settings:
+
+* ``runtime``: Python, torch and transformers themselves (host; measured: about 0.5 GiB);
+* ``weights``: the non-block weights (embeddings, final norm, LM head) and the decoder blocks:
+  all of them (``none``), in host memory with one block on the device (``cpu``), or one block
+  (``disk``);
+* ``hidden``: every calibration window's hidden states, a block's inputs and outputs at once;
+* ``block work``: one batch through one block (its MLP and attention activations);
+* ``statistics``: per block, per distinct input of its linear layers, four float64 vectors and,
+  with a Gram matrix (SparseGPT, ADMM, searches), a float32 (in x in) matrix; kept on the host,
+  all blocks' (``none``) or one block's at a time when offloaded; a search candidate also holds
+  its Gram matrices on the device (``grams on device``: all of them, or one block's);
+* ``update``: SparseGPT / ADMM on the widest layer (Hessian, its inverse, float32 weights);
+* ``scores``: a metric's scores and the selection on the largest layer;
+* ``dense copy``, ``score cache``: a search candidate's (the dense prunable weights kept aside,
+  cached scores up to their 1 GiB bound);
+* ``probe``: a search candidate's forward pass (the probe windows' states, logits chunks).
+
+``check_fits`` compares the figures with what the job is given (host memory available, the
+device's memory times ``gpus_per_trial``, free disk) and refuses with the figures when it does not
+fit. benchmarks/memory_scaling.py sets the model against measured peaks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from . import gguf_cache
+from .adapters import decoder_blocks, prunable_linears
+from .aliases import get_alias, is_alias
+
+GIB = 2**30
+MIB = 2**20
+RUNTIME_BYTES = int(0.5 * GIB)  # Python + torch + transformers, measured on this project's stack
+SCORE_CACHE_BYTES = GIB  # ScoreCache's bound (pruning/score_cache.py)
+
+
+@dataclass
+class ModelShape:
+    """What the memory model needs of a model: parameter counts and layer shapes."""
+
+    n_blocks: int
+    hidden: int
+    vocab: int
+    rest_params: int  # outside the decoder blocks (tied weights counted once)
+    block_params: int  # the largest block
+    linears: list[tuple[int, int]]  # (out, in) of one block's prunable layers
+    inputs: list[int]  # in_features of one block's distinct inputs (layers that read one tensor share one)
+    intermediate: int
+    heads: int
+
+    @property
+    def prunable_per_block(self) -> int:
+        return sum(o * i for o, i in self.linears)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "ModelShape":
+        blocks = decoder_blocks(model)
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
+        rest = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)
+        block = blocks[0]
+        linears = prunable_linears(block)
+        inputs: dict[tuple[str, int], int] = {}
+        for name, lin in linears.items():  # q/k/v (gate/up) sit side by side and read one tensor
+            inputs.setdefault((name.rpartition(".")[0], lin.in_features, _reads_output_of(name)), lin.in_features)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        widest = max(lin.in_features for lin in linears.values())
+        return cls(n_blocks=len(blocks), hidden=int(config.hidden_size), vocab=int(config.vocab_size), rest_params=rest,
+                   block_params=max(sum(p.numel() for p in b.parameters()) for b in blocks),
+                   linears=[(lin.out_features, lin.in_features) for lin in linears.values()], inputs=list(inputs.values()),
+                   intermediate=int(getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or widest),
+                   heads=int(getattr(config, "num_attention_heads", 1)))
+
+    @classmethod
+    def from_config(cls, config) -> "ModelShape":
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        return cls.from_model(model)
+
+
+def _reads_output_of(name: str) -> bool:
+    """Output projections (o_proj, down_proj, dense, fc2, out_proj) read their own input."""
+    leaf = name.rpartition(".")[2]
+    return leaf in ("o_proj", "down_proj", "dense", "fc2", "out_proj", "dense_4h_to_h", "proj")
+
+
+@dataclass
+class Job:
+    """What is done: ``capture`` (statistics), ``prune`` (with ``update`` none / sparsegpt / admm) or
+    ``candidate`` (one search candidate), with its windows and offload."""
+
+    kind: str
+    offload: str = "none"
+    device: str = "cpu"
+    dtype_bytes: int = 4
+    n_windows: int = 128
+    seqlen: int = 2048
+    batch_size: int = 4
+    with_gram: bool = False
+    update: str = "none"
+    probe_tokens: int = 0
+
+
+@dataclass
+class MemoryEstimate:
+    device_peak: int
+    host_peak: int
+    disk: int
+    parts: dict[str, int] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)  # part -> "device" | "host" | "disk"
+
+    def lines(self) -> list[str]:
+        return [f"  {name:<12} {b / GIB:8.2f} GiB  ({self.where[name]})" for name, b in self.parts.items() if b]
+
+    def summary(self, device: str) -> str:
+        dev = "" if device == "cpu" else f"device peak {self.device_peak / GIB:.2f} GiB, "
+        return f"{dev}host peak {self.host_peak / GIB:.2f} GiB, disk {self.disk / GIB:.2f} GiB"
+
+
+def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
+    """The peaks of ``job`` on a model of ``shape`` (see the module's docstring). Where each part
+    lives follows the code: statistics are kept on the host (capture moves each block's there) and
+    brought to the device where they are used; on a CPU device every part is host memory."""
+    s, f32 = job.dtype_bytes, 4
+    dev = "device" if job.device != "cpu" else "host"
+    offloaded = job.offload != "none"
+    n = shape.n_blocks
+    blocks_bytes, block_bytes = n * shape.block_params * s, shape.block_params * s
+    tokens = job.n_windows * job.seqlen
+    batch = min(job.batch_size, job.n_windows)
+    gram = job.with_gram or job.update != "none" or job.kind == "candidate"
+    stats_block = sum(4 * i * 8 + (i * i * f32 if gram else 0) for i in shape.inputs)
+    grams_block = sum(i * i * f32 for i in shape.inputs)
+    widest_in = max(i for _, i in shape.linears)
+    largest = max(o * i for o, i in shape.linears)
+    prunable = n * shape.prunable_per_block
+    parts: dict[str, tuple[int, str]] = {
+        "runtime": (RUNTIME_BYTES, "host"),
+        "rest weights": (shape.rest_params * s, dev),
+    }
+    if not offloaded:
+        parts["blocks"] = (blocks_bytes, dev)
+    else:
+        parts["block"] = (2 * block_bytes, dev)  # the block worked on and the copy read in
+        parts["host blocks" if job.offload == "cpu" else "block read"] = (blocks_bytes if job.offload == "cpu" else block_bytes,
+                                                                          "host")
+    parts["hidden"] = (2 * tokens * shape.hidden * s, "host" if offloaded else dev)  # offloaded: kept on the host
+    parts["block work"] = (batch * job.seqlen * (3 * shape.intermediate + 8 * shape.hidden) * f32
+                           + batch * shape.heads * job.seqlen ** 2 * f32, dev)  # attention scores: an upper bound (eager)
+    parts["statistics"] = (stats_block * (1 if offloaded else n), "host")
+    if job.kind == "prune":
+        if job.update != "none":
+            parts["update"] = ((3 * widest_in * widest_in + 3 * largest) * f32, dev)
+        else:
+            parts["scores"] = (largest * (f32 + 8), dev)
+    if job.kind == "candidate":
+        parts["grams on device"] = (grams_block * (1 if offloaded else n), dev)
+        parts["dense copy"] = ((shape.prunable_per_block if offloaded else prunable) * s, dev)
+        parts["score cache"] = (0 if job.offload == "disk" else min(SCORE_CACHE_BYTES, prunable * f32), dev)
+        # the dense and pruned LM-head inputs and a pass's hidden states, and a chunk of logits three times over
+        parts["probe"] = (3 * job.probe_tokens * shape.hidden * f32 + 3 * 512 * shape.vocab * f32, dev)
+    device = sum(b for b, w in parts.values() if w == "device")
+    host = sum(b for b, w in parts.values() if w == "host")
+    disk = stats_block * n  # the statistics cache (one entry)
+    if job.offload == "disk" and job.kind == "prune":
+        disk += blocks_bytes  # the pruned blocks, written back
+    return MemoryEstimate(device, host, disk, {k: b for k, (b, _) in parts.items()}, {k: w for k, (_, w) in parts.items()})
+
+
+def model_config(spec: str, cache_dir=None):
+    """The config of a model spec, read without its weights; None when it cannot be had cheaply
+    (a hub id without a reachable hub)."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    try:
+        if is_alias(spec) and not path.exists():
+            alias = get_alias(spec)
+            root = gguf_cache.default_cache_dir(cache_dir)
+            if alias.sha256 and gguf_cache.is_complete(gguf_cache.cache_folder(root, alias.sha256), alias.sha256):
+                return AutoConfig.from_pretrained(str(gguf_cache.cache_folder(root, alias.sha256)))
+            path = alias.locate(root).path
+        if path.is_file():
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoConfig.from_pretrained(str(path) if path.is_dir() else spec)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def available(device: str, *, gpus: float = 1.0, folder: str | Path | None = None) -> dict[str, int | None]:
+    """What a job can use: host memory available now, the device's memory times ``gpus`` (CUDA),
+    free disk where ``folder`` (or its nearest existing parent) lies."""
+    import psutil
+
+    out: dict[str, int | None] = {"host": int(psutil.virtual_memory().available), "device": None, "disk": None}
+    if device != "cpu" and torch.cuda.is_available():
+        out["device"] = int(torch.cuda.get_device_properties(torch.device(device)).total_memory * gpus)
+    if folder is not None:
+        p = Path(folder).expanduser()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        out["disk"] = int(shutil.disk_usage(p).free)
+    return out
+
+
+def check_fits(est: MemoryEstimate, have: dict[str, int | None], *, what: str,
+               offload_hint: str = "--offload disk, or cpu with a GPU", skip_hint: str = "pass --no-memory-check") -> None:
+    """UserError with the figures when ``est`` exceeds what is available."""
+    short = []
+    device_need = est.device_peak if have.get("device") is not None else 0
+    host_need = est.host_peak + (0 if have.get("device") is not None else est.device_peak)
+    for name, need, got in (("device", device_need, have.get("device")), ("host", host_need, have.get("host")),
+                            ("disk", est.disk, have.get("disk"))):
+        if got is not None and need > got:
+            short.append(f"{name} needs {need / GIB:.2f} GiB, {got / GIB:.2f} GiB available")
+    if short:
+        raise UserError(f"{what} does not fit: " + "; ".join(short) + ". The estimate by part:\n" + "\n".join(est.lines())
+                        + f"\nOffload the blocks ({offload_hint}), use fewer or shorter calibration windows, "
+                          f"or {skip_hint} if you know better.")
