@@ -87,9 +87,12 @@ class CandidateContext:
         since). Contract: the context's weights change only through ``apply`` and ``restore`` (or
         are put back as they were, as ``swapped_weights`` does); what is memoised from them relies
         on it."""
+        if self.store is not None:  # the store holds the dense weights and the blocks none: only forget the plan
+            self._applied.update(levels=None, plan=None, result=None, memo={}, dense=True)
+            return
         if self._applied.get("dense"):
             return
-        for k, m in (self.modules.items() if self.store is None else ()):
+        for k, m in self.modules.items():
             m.weight.data.copy_(self.dense[k])
         self._applied.update(levels=None, plan=None, result=None, memo={}, dense=True)
 
@@ -129,7 +132,6 @@ class CandidateContext:
             memo["stream_rows"] = out.rows
         for req, finish in probes:
             finish(out.result, out.finals[req.key])
-        self._applied["dense"] = True  # the store holds the dense weights; the blocks hold none
         return out.result
 
     @property

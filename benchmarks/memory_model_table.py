@@ -57,13 +57,13 @@ def main() -> None:
             for mode in ("none", "cpu", "disk"):
                 est = estimate(shape, Job(kind, offload=mode, device="cuda", dtype_bytes=2, n_windows=args.nsamples,
                                           seqlen=args.seqlen, batch_size=4, update=update, with_gram=True,
-                                          probe_tokens=args.probe_tokens))
+                                          probe_tokens=args.probe_tokens, probe_seqlen=512, fisher_windows=4))
                 rows.append(dict(model=name, job="search worker" if kind == "candidate" else "sparsegpt prune", offload=mode,
                                  blocks=shape.n_blocks, device_gib=round(est.device_peak / GIB, 1),
                                  host_gib=round(est.host_peak / GIB, 1), disk_gib=round(est.disk / GIB, 1),
                                  parts={k: round(v / GIB, 2) for k, v in est.parts.items()}))
     lines = [f"Memory model (models/memory_model.py), GPU worker, float16 weights, calibration {args.nsamples} x {args.seqlen}, "
-             f"probe {args.probe_tokens} tokens; GiB.", "",
+             f"probe {args.probe_tokens} tokens (windows of 512), layer_recon's Fisher on 4 probe windows; GiB.", "",
              "| model | job | offload | device peak | host peak | disk |", "|---|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['job']} | {r['offload']} | {r['device_gib']:.1f} | {r['host_gib']:.1f} | "

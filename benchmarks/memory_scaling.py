@@ -106,7 +106,8 @@ def modelled_peak(model, args, device) -> int:
     kind = {"capture": "capture", "candidate": "candidate"}.get(args.phase, "prune")
     update = args.phase if args.phase in ("sparsegpt", "admm") else "none"
     job = Job(kind, offload=args.offload, device=device.type, n_windows=args.nsamples, seqlen=args.seqlen,
-              with_gram=args.phase in ("capture", "candidate"), update=update, probe_tokens=min(2, args.nsamples) * args.seqlen)
+              with_gram=args.phase in ("capture", "candidate"), update=update, probe_tokens=min(2, args.nsamples) * args.seqlen,
+              probe_seqlen=args.seqlen, fisher_windows=1 if args.phase == "candidate" else 0)
     est = estimate(ModelShape.from_model(model), job)
     return est.device_peak if device.type == "cuda" else est.host_peak
 

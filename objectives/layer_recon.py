@@ -316,10 +316,10 @@ class LayerRecon(Objective):
         if w == "log":
             return float(torch.log((err / eng).clamp_min(1e-12)).mean())
         if w == "block":
-            blocks = torch.tensor([int(n.split(".", 1)[0]) for n in names])
+            blocks = torch.tensor([int(n.split(".", 1)[0]) for n in names], device=err.device)
             nb = int(blocks.max()) + 1
-            be = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, err)
-            bd = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, eng)
+            be = torch.zeros(nb, dtype=torch.float64, device=err.device).index_add_(0, blocks, err)
+            bd = torch.zeros(nb, dtype=torch.float64, device=err.device).index_add_(0, blocks, eng.to(err.device))
             return float((be / bd.clamp_min(1e-30)).mean())
         fisher = ctx.memo[("layer_recon_fisher", self.fisher_windows, self.fisher_seqlen, self.fisher_labels)]
         ntok = ctx.memo.get("layer_recon_ntokens")

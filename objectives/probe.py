@@ -128,9 +128,9 @@ def run(ctx: CandidateContext, result: object, windows: int | None, seqlen: int 
     raise to stop. A cached run replays the calls.
     """
     key = _key(windows, seqlen)
-    cached = ctx.memo.get("probe_run")
-    if result is not None and cached is not None and cached[0] is result and cached[1] == key and (cached[2].sq is not None or not need_blocks):
-        probe = cached[2]
+    cached = ctx.memo.get("probe_runs", {}).get(key)
+    if result is not None and cached is not None and cached[0] is result and (cached[1].sq is not None or not need_blocks):
+        probe = cached[1]
         if report is not None:
             for i in range(len(ctx.blocks)):
                 report(i, probe)
@@ -159,7 +159,7 @@ def run(ctx: CandidateContext, result: object, windows: int | None, seqlen: int 
         finals.append(forward_to_head(ctx.model, ctx.blocks, batch, on_block if with_blocks else None).float())
     probe.final = torch.cat(finals).reshape(-1, finals[0].shape[-1])
     if result is not None:
-        ctx.memo["probe_run"] = (result, key, probe)
+        ctx.memo.setdefault("probe_runs", {})[key] = (result, probe)
     return probe
 
 
@@ -196,7 +196,7 @@ def _stream_request(ctx: CandidateContext, ref: ProbeReference, key: tuple, bs: 
     def finish(result, final: torch.Tensor) -> ProbeRun:
         probe.final = final
         if result is not None:
-            ctx.memo["probe_run"] = (result, key, probe)
+            ctx.memo.setdefault("probe_runs", {})[key] = (result, probe)
         return probe
 
     return ProbeRequest(key, ref.ids, bs, on_block if with_blocks else None), finish

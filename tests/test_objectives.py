@@ -214,7 +214,7 @@ def test_model_recon_stops_early_only_when_the_reporter_says_so(ctx):
     with pytest.raises(TrialStopped):
         obj(ctx, result, stop_at_first)
     assert calls == [0]
-    assert ctx.memo["probe_run"][0] is not result  # a stopped run is not cached
+    assert all(run[0] is not result for run in ctx.memo["probe_runs"].values())  # a stopped run is not cached
     assert obj(ctx, result) > 0  # and scoring again without a reporter works
     with pytest.raises(TrialStopped):  # a cached run replays the reports
         obj(ctx, result, stop_at_first)

@@ -206,10 +206,20 @@ def test_the_statistics_cache_is_a_file_per_block_read_lazily(tmp_path, caplog):
     data = bytearray((entry / "block-0001.safetensors").read_bytes())
     data[len(data) // 2] ^= 0x01
     (entry / "block-0001.safetensors").write_bytes(bytes(data))
+    lazy = load_stats(tmp_path, first.info["cache_key"], lazy=True)  # a reader that has not verified block 1 yet
     assert lazy[0]["mlp.up_proj"].n_tokens == first.stats[0]["mlp.up_proj"].n_tokens  # the intact block still reads
     with caplog.at_level(logging.WARNING, logger="automl_prune"), pytest.raises(StatsCacheError, match="run again"):
         lazy[1]
-    assert "hash mismatch" in caplog.text and not entry.exists()
+    # marked, not removed (other workers may be reading its blocks): a miss from now on, then replaced
+    assert "hash mismatch" in caplog.text and (entry / "rejected").exists()
+    assert load_stats(tmp_path, first.info["cache_key"]) is None
+    again = dense_statistics(model, ids, with_gram=True, cache_dir=tmp_path, progress=False)
+    assert again.info["cache"] == "miss" and not (entry / "rejected").exists()
+    assert dense_statistics(model, ids, with_gram=True, cache_dir=tmp_path, progress=False).info["cache"] == "hit"
+    # a block read once is not hashed again in this process
+    lazy = load_stats(tmp_path, first.info["cache_key"], lazy=True)
+    lazy[0]
+    assert lazy.verified == {0}
 
 
 # ----- the memory model -------------------------------------------------------------------------------

@@ -144,14 +144,14 @@ def _owl_block(linears: dict[str, nn.Linear], stats: dict[str, LinearStats], flo
     for name, lin in linears.items():
         if name not in stats:
             raise ValueError(f"no statistics for layer {name!r}")
-        act = stats[name].l2.to(torch.float32).reshape(1, -1)
+        act = stats[name].l2.to(lin.weight.device, torch.float32).reshape(1, -1)
         scores.append((lin.weight.detach().float().abs() * act).reshape(-1))
     flat = torch.cat(scores)
     mean = flat.double().mean()
     if not bool(torch.isfinite(mean)) or float(mean) <= 0:
         raise ValueError("the block's Wanda scores are all zero or non-finite")
     z = (flat.double() / mean).float()
-    tail = torch.sort(z[z > floor]).values.numpy()
+    tail = torch.sort(z[z > floor]).values.cpu().numpy()
     size = int(tail.size)
     if size > knots:  # keep values at geometrically spaced ranks from the top (dense where M is large)
         tail = tail[size - _knot_ranks(size, knots)]  # ascending values

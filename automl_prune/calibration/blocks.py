@@ -88,12 +88,15 @@ def record_block_calls(model: nn.Module, blocks: list[nn.Module], window: torch.
 
 
 @torch.no_grad()
-def embed_windows(model: nn.Module, first_block: nn.Module, input_ids: torch.Tensor, batch_size: int, device: torch.device) -> list[torch.Tensor]:
-    """Hidden states entering the first block, one tensor per batch of windows."""
+def embed_windows(model: nn.Module, first_block: nn.Module, input_ids: torch.Tensor, batch_size: int, device: torch.device,
+                  home: torch.device | None = None) -> list[torch.Tensor]:
+    """Hidden states entering the first block, one tensor per batch of windows (moved to ``home``
+    batch by batch when given)."""
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.append(_hidden_of(args, kwargs)[0].detach())
+        hidden = _hidden_of(args, kwargs)[0].detach()
+        captured.append(hidden if home is None else hidden.to(home))
         raise _Stop
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -129,8 +132,7 @@ class BlockRunner:
         else:
             with passthrough(self.blocks):
                 self.calls = record_block_calls(self.model, self.blocks, self.input_ids[:1].to(self.device))
-        self.hidden = [h.to(self.home) for h in embed_windows(self.model, self.blocks[0], self.input_ids, self.batch_size,
-                                                              self.device)]
+        self.hidden = embed_windows(self.model, self.blocks[0], self.input_ids, self.batch_size, self.device, self.home)
 
     @contextmanager
     def block(self, index: int, *, write_back: bool = False) -> Iterator[nn.Module]:

@@ -33,6 +33,7 @@ from .stats import LinearStats
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: a file per block
+REJECTED = "rejected"  # the marker of an entry that failed a check
 _FIELDS = ("sum", "sumsq", "abs_sum", "absmax", "gram")
 
 
@@ -104,11 +105,18 @@ class StatsWriter:
         self.manifest["files"].append(sha256_file(path))  # just written: read back from the page cache
 
     def commit(self) -> Path:
+        """Put the entry in place; an entry already there that is not rejected (a concurrent writer's,
+        which other processes may be reading) is kept and this one dropped; a rejected one is moved
+        aside first (readers of its blocks then read the new, equal files)."""
         self.manifest["manifest_sha256"] = _manifest_digest(self.manifest)
         (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=1))
-        if self.final.exists():  # an entry that failed its check (or a concurrent writer's): replaced
-            shutil.rmtree(self.final)
+        if _current(self.final, self.manifest["key"]):
+            return self.final
+        old = self.final.with_name(f".old-{self.final.name}-{os.getpid()}")
+        if self.final.exists():
+            os.replace(self.final, old)
         os.replace(self.tmp, self.final)
+        shutil.rmtree(old, ignore_errors=True)
         return self.final
 
     def abort(self) -> None:
@@ -136,6 +144,7 @@ class CachedStats(Sequence):
 
     def __init__(self, entry: Path, manifest: dict, device: torch.device | str = "cpu"):
         self.entry, self.manifest, self.device = entry, manifest, device
+        self.verified: set[int] = set()  # blocks whose file passed its hash in this process: not hashed again
 
     def __len__(self) -> int:
         return len(self.manifest["layout"])
@@ -151,21 +160,24 @@ class CachedStats(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        block = _read_block(self.entry, self.manifest, i % len(self), self.device)
+        i = i % len(self)
+        block = _read_block(self.entry, self.manifest, i, self.device, check=i not in self.verified)
         if isinstance(block, str):
             _reject(self.entry, block)
-            raise StatsCacheError(f"statistics cache entry {self.entry}: {block}; it was removed: run again to recompute it")
+            raise StatsCacheError(f"statistics cache entry {self.entry}: {block}; it is marked for recomputation: "
+                                  "run again to recompute it")
+        self.verified.add(i)
         return block
 
 
-def _read_block(entry: Path, manifest: dict, i: int, device) -> dict[str, LinearStats] | str:
-    """Block ``i`` of an entry, or why it cannot be read."""
+def _read_block(entry: Path, manifest: dict, i: int, device, check: bool = True) -> dict[str, LinearStats] | str:
+    """Block ``i`` of an entry, or why it cannot be read (``check``: against its recorded hash)."""
     name = block_file(i)
     try:
         data = (entry / name).read_bytes()
     except OSError as exc:
         return f"unreadable {name} ({exc})"
-    problem = hash_problem(manifest["files"][i], sha256_bytes(data))
+    problem = hash_problem(manifest["files"][i], sha256_bytes(data)) if check else None
     if problem is not None:
         return f"{name}: {problem}"
     try:
@@ -185,7 +197,7 @@ def load_stats(cache_dir: Path, key: str, device: torch.device | str = "cpu", *,
     then parsed. ``lazy``: a :class:`CachedStats` that reads a block when it is asked for (the
     manifest is checked now, each block's file on its read)."""
     entry = _entry(cache_dir, key)
-    if not entry.exists():
+    if not entry.exists() or (entry / REJECTED).exists():
         return None
     try:
         manifest = json.loads((entry / "manifest.json").read_text())
@@ -231,9 +243,26 @@ def _unpack(manifest: dict, i: int, tensors: dict[str, torch.Tensor]) -> dict[st
     return block
 
 
+def _current(entry: Path, key: str) -> bool:
+    """True when ``entry`` holds a usable entry for ``key``: this format, not rejected, its manifest
+    passing its hash (its blocks are checked when read)."""
+    if not entry.exists() or (entry / REJECTED).exists():
+        return False
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION and manifest.get("key") == key
+            and hash_problem(manifest.get("manifest_sha256"), _manifest_digest(manifest)) is None)
+
+
 def _reject(entry: Path, problem: str) -> None:
-    """Warn that the entry in ``entry`` fails its check and remove it (so that it is not probed
-    again and the caller's rewrite starts clean); None: a cache miss."""
-    log.warning("statistics cache entry %s: %s; removed and treated as a cache miss", entry, problem)
-    shutil.rmtree(entry, ignore_errors=True)
+    """Warn that the entry in ``entry`` fails its check and mark it so (a ``rejected`` file): it is a
+    cache miss from then on and the next writer replaces it. Not removed here: other processes (the
+    workers of a search) may be reading its other blocks. None: a cache miss."""
+    log.warning("statistics cache entry %s: %s; treated as a cache miss and replaced by the next capture", entry, problem)
+    try:
+        (entry / REJECTED).write_text(problem)
+    except OSError:
+        pass
     return None

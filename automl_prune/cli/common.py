@@ -49,8 +49,8 @@ def memory_check(args: argparse.Namespace, job_kind: str, **job) -> None:
     if not args.no_memory_check:
         from ..models.gguf_cache import default_cache_dir  # deferred: as above
 
-        folder = args.offload_folder or default_cache_dir(args.cache_dir)
-        check_fits(est, available(device, folder=folder), what=f"{job_kind} of {args.model}")
+        check_fits(est, available(device, cache_dir=default_cache_dir(args.cache_dir), offload_folder=args.offload_folder),
+                   what=f"{job_kind} of {args.model}")
 
 
 def torch_itemsize(dtype) -> int:

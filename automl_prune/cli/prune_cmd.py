@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
         dense_weights = {n: m.weight.data.clone() for n, m in modules.items()} if args.kl and evals else None
     else:  # offloaded: the dense LM-head inputs are kept, not the dense weights
-        dense_heads = {s: streamed_head_inputs(model, store, w.input_ids, device=device, desc=f"dense {s}")
-                       for s, w in evals.items()} if args.kl else {}
+        dense_heads = {s: [h.cpu() for h in streamed_head_inputs(model, store, w.input_ids, device=device, desc=f"dense {s}")]
+                       for s, w in evals.items()} if args.kl else {}  # on the host until the pruned ones are formed
 
     result = prune_model(model, plan, None if calib is None else calib.input_ids, batch_size=args.batch_size, device=device,
                          cache_dir=args.cache_dir, use_cache=not args.no_cache, windows_info=None if calib is None else calib.info,

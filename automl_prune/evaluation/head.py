@@ -61,8 +61,10 @@ def softcap(model: nn.Module) -> float | None:
 @torch.no_grad()
 def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Float32 logits of LM-head inputs ``hidden`` (..., d), as the model's forward forms them
-    (including Gemma's final logit soft-capping)."""
-    logits = model.get_output_embeddings()(hidden).float()
+    (including Gemma's final logit soft-capping). ``hidden`` is brought to the head's dtype and
+    device (the runs keep float32 copies of the head's inputs)."""
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.device, head.weight.dtype)).float()
     cap = softcap(model)
     if cap:
         logits = torch.tanh(logits / cap) * cap

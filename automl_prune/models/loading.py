@@ -230,25 +230,38 @@ def _load_offloaded(spec: str, path: Path, cache_root: Path, dtype: torch.dtype,
             _load_folder(path.resolve(), dtype, device)  # the folder's own error
         folder = path.resolve()
         info.update(source="local", path=str(folder))
-    else:
-        model, tokenizer = _load_hub(spec, dtype, device)
-        whole = (model, tokenizer)
-        info.update(source="hub", path=spec)
+    else:  # the hub: its files fetched into the hub's cache (nothing loaded), then read block by block
+        folder = _hub_snapshot(spec)
+        info.update(source="hub", path=spec, snapshot=str(folder))
     streamed = None
     if folder is not None:
         del whole  # a GGUF just dequantized: read back from its cache block by block instead
         streamed = load_streamed(folder, dtype, device, offload, offload_folder=offload_folder)
         tokenizer = _load_tokenizer(str(folder))
-        whole = None if streamed is not None else (_load_pretrained(str(folder), dtype, device), tokenizer)
+        # checkpoint names that are not the model's: loaded whole on the host (never whole on the device)
+        whole = None if streamed is not None else (_load_pretrained(str(folder), dtype, torch.device("cpu")), tokenizer)
     if streamed is not None:
         model, store = streamed
         info["offload_load"] = "streamed from the checkpoint"
     else:
         model, tokenizer = whole
-        model = _prepare(model, dtype, device)
-        store = BlockStore.from_model(model, decoder_blocks(model), offload, folder=offload_folder)
-        info["offload_load"] = "loaded whole, then offloaded"
+        model = _prepare(model, dtype, torch.device("cpu"))
+        store = BlockStore.from_model(model, decoder_blocks(model), offload, folder=offload_folder, device=device)
+        info["offload_load"] = "loaded whole on the host, then offloaded"
     return model, tokenizer, store, info
+
+
+def _hub_snapshot(spec: str) -> Path:
+    """The local folder of a hub model's files (downloaded once into the hub's cache)."""
+    from huggingface_hub import snapshot_download  # deferred: only a hub id needs it
+
+    try:
+        return Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated: one clear error
+        raise UserError(
+            f"Could not fetch {spec!r} from the Hugging Face hub ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+            "Without hub access pass a local folder, a .gguf file, or an offline alias (smollm2-135m, gemma3-270m)."
+        ) from exc
 
 
 def load_model(

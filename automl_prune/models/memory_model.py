@@ -28,6 +28,7 @@ fit. benchmarks/memory_scaling.py sets the model against measured peaks.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,9 @@ class Job:
     with_gram: bool = False
     update: str = "none"
     probe_tokens: int = 0
+    probe_seqlen: int = 512
+    fisher_windows: int = 0  # layer_recon's Fisher weighting: probe windows it backpropagates
+    heldout_tokens: int = 0  # the final comparison's held-out tokens (their LM-head inputs are kept)
 
 
 @dataclass
@@ -120,10 +124,12 @@ class MemoryEstimate:
     host_peak: int
     disk: int
     parts: dict[str, int] = field(default_factory=dict)
-    where: dict[str, str] = field(default_factory=dict)  # part -> "device" | "host" | "disk"
+    where: dict[str, str] = field(default_factory=dict)  # part -> "device" | "host"
+    disk_parts: dict[str, int] = field(default_factory=dict)  # "statistics cache" | "offload folder" -> bytes
 
     def lines(self) -> list[str]:
-        return [f"  {name:<12} {b / GIB:8.2f} GiB  ({self.where[name]})" for name, b in self.parts.items() if b]
+        return ([f"  {name:<16} {b / GIB:8.2f} GiB  ({self.where[name]})" for name, b in self.parts.items() if b]
+                + [f"  {name:<16} {b / GIB:8.2f} GiB  (disk)" for name, b in self.disk_parts.items() if b])
 
     def summary(self, device: str) -> str:
         dev = "" if device == "cpu" else f"device peak {self.device_peak / GIB:.2f} GiB, "
@@ -160,7 +166,8 @@ def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
     parts["hidden"] = (2 * tokens * shape.hidden * s, "host" if offloaded else dev)  # offloaded: kept on the host
     parts["block work"] = (batch * job.seqlen * (3 * shape.intermediate + 8 * shape.hidden) * f32
                            + batch * shape.heads * job.seqlen ** 2 * f32, dev)  # attention scores: an upper bound (eager)
-    parts["statistics"] = (stats_block * (1 if offloaded else n), "host")
+    # offloaded: one block's, its file's bytes and the parsed tensors side by side while it is read
+    parts["statistics"] = (stats_block * (2 if offloaded else n), "host")
     if job.kind == "prune":
         if job.update != "none":
             parts["update"] = ((3 * widest_in * widest_in + 3 * largest) * f32, dev)
@@ -172,12 +179,23 @@ def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
         parts["score cache"] = (0 if job.offload == "disk" else min(SCORE_CACHE_BYTES, prunable * f32), dev)
         # the dense and pruned LM-head inputs and a pass's hidden states, and a chunk of logits three times over
         parts["probe"] = (3 * job.probe_tokens * shape.hidden * f32 + 3 * 512 * shape.vocab * f32, dev)
+        parts["mask bits"] = (prunable // 8, "host")  # the candidate's masks, packed (its mask hash)
+        parts["held-out"] = (job.heldout_tokens * shape.hidden * f32, dev)  # LM-head inputs of the final comparison
+        if job.fisher_windows:
+            window = job.probe_seqlen * shape.hidden * f32
+            if offloaded:  # every block's inputs kept, then a block recomputed with gradients
+                parts["fisher"] = (n * job.fisher_windows * window, "host")
+                parts["fisher pass"] = (job.fisher_windows * window * 2 + job.probe_seqlen * (3 * shape.intermediate
+                                        + 8 * shape.hidden) * f32, dev)
+            else:  # one window's backward through the whole model
+                parts["fisher pass"] = (n * job.probe_seqlen * (3 * shape.intermediate + 8 * shape.hidden) * f32
+                                        + job.probe_seqlen * shape.vocab * f32 * 2, dev)
     device = sum(b for b, w in parts.values() if w == "device")
     host = sum(b for b, w in parts.values() if w == "host")
-    disk = stats_block * n  # the statistics cache (one entry)
-    if job.offload == "disk" and job.kind == "prune":
-        disk += blocks_bytes  # the pruned blocks, written back
-    return MemoryEstimate(device, host, disk, {k: b for k, (b, _) in parts.items()}, {k: w for k, (_, w) in parts.items()})
+    disk_parts = {"statistics cache": stats_block * n,  # one entry, a file per block
+                  "offload folder": blocks_bytes if job.offload == "disk" and job.kind == "prune" else 0}  # pruned blocks
+    return MemoryEstimate(device, host, sum(disk_parts.values()), {k: b for k, (b, _) in parts.items()},
+                          {k: w for k, (_, w) in parts.items()}, disk_parts)
 
 
 def model_config(spec: str, cache_dir=None):
@@ -200,19 +218,27 @@ def model_config(spec: str, cache_dir=None):
         return None
 
 
-def available(device: str, *, gpus: float = 1.0, folder: str | Path | None = None) -> dict[str, int | None]:
-    """What a job can use: host memory available now, the device's memory times ``gpus`` (CUDA),
-    free disk where ``folder`` (or its nearest existing parent) lies."""
+def _existing(folder: str | Path) -> Path:
+    p = Path(folder).expanduser()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def available(device: str, *, gpus: float = 1.0, cache_dir: str | Path | None = None,
+              offload_folder: str | Path | None = None) -> dict:
+    """What a job can use: host memory available now, the device's memory times ``gpus`` (CUDA), and
+    the free disk where the statistics cache and the offload folder (default: the system's temporary
+    folder) lie (``disk``: part -> (filesystem, free bytes))."""
     import psutil
 
-    out: dict[str, int | None] = {"host": int(psutil.virtual_memory().available), "device": None, "disk": None}
+    out: dict = {"host": int(psutil.virtual_memory().available), "device": None, "disk": {}}
     if device != "cpu" and torch.cuda.is_available():
         out["device"] = int(torch.cuda.get_device_properties(torch.device(device)).total_memory * gpus)
-    if folder is not None:
-        p = Path(folder).expanduser()
-        while not p.exists() and p != p.parent:
-            p = p.parent
-        out["disk"] = int(shutil.disk_usage(p).free)
+    for part, folder in (("statistics cache", cache_dir), ("offload folder", offload_folder or tempfile.gettempdir())):
+        if folder is not None:
+            p = _existing(folder)
+            out["disk"][part] = (p.stat().st_dev, int(shutil.disk_usage(p).free))
     return out
 
 
@@ -222,10 +248,16 @@ def check_fits(est: MemoryEstimate, have: dict[str, int | None], *, what: str,
     short = []
     device_need = est.device_peak if have.get("device") is not None else 0
     host_need = est.host_peak + (0 if have.get("device") is not None else est.device_peak)
-    for name, need, got in (("device", device_need, have.get("device")), ("host", host_need, have.get("host")),
-                            ("disk", est.disk, have.get("disk"))):
+    for name, need, got in (("device", device_need, have.get("device")), ("host", host_need, have.get("host"))):
         if got is not None and need > got:
             short.append(f"{name} needs {need / GIB:.2f} GiB, {got / GIB:.2f} GiB available")
+    by_fs: dict[int, tuple[int, int, list[str]]] = {}  # parts on one filesystem share its free space
+    for part, (fs, free) in (have.get("disk") or {}).items():
+        need, _, names = by_fs.get(fs, (0, free, []))
+        by_fs[fs] = (need + est.disk_parts.get(part, 0), free, names + [part])
+    for need, free, names in by_fs.values():
+        if need > free:
+            short.append(f"disk ({' and '.join(names)}) needs {need / GIB:.2f} GiB, {free / GIB:.2f} GiB free")
     if short:
         raise UserError(f"{what} does not fit: " + "; ".join(short) + ". The estimate by part:\n" + "\n".join(est.lines())
                         + f"\nOffload the blocks ({offload_hint}), use fewer or shorter calibration windows, "

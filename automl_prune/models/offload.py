@@ -65,11 +65,21 @@ def trim_host_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def temporary_folder() -> Path:
-    """A folder for offloaded blocks, removed when the process ends."""
-    folder = Path(tempfile.mkdtemp(prefix="automl-prune-offload-"))
+def temporary_folder(parent: str | os.PathLike | None = None) -> Path:
+    """A folder of this process's own for offloaded blocks (inside ``parent``, default the system's
+    temporary folder), removed when the process ends: workers that share an offload folder never
+    write each other's files."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="automl-prune-offload-", dir=parent))
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+def _to_device(model: nn.Module, device: torch.device) -> None:
+    """Every parameter and buffer that is not on the meta device (the blocks' weights are) to ``device``
+    (tied parameters stay tied)."""
+    model._apply(lambda t: t if t.device.type == "meta" or t.device == device else t.to(device))
 
 
 def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -104,8 +114,6 @@ class BlockStore:
         self.device, self.dtype = torch.device(device), dtype
         self.sources = sources
         self.folder = Path(folder) if folder is not None else None
-        if self.folder is not None and mode == "disk":
-            self.folder.mkdir(parents=True, exist_ok=True)
         self.prefixes = _block_prefix(model, blocks)
         self.shapes = [{n: tuple(p.shape) for n, p in b.named_parameters()} for b in blocks]
         self.loads = 0  # blocks brought in so far (a figure for the benchmarks)
@@ -114,14 +122,18 @@ class BlockStore:
 
     # ----- building ---------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: nn.Module, blocks: list[nn.Module], mode: str, *, folder=None) -> "BlockStore":
-        """Offload the blocks of a model loaded whole (``disk``: written to ``folder`` block by block)."""
+    def from_model(cls, model: nn.Module, blocks: list[nn.Module], mode: str, *, folder=None,
+                   device: torch.device | str | None = None) -> "BlockStore":
+        """Offload the blocks of a model loaded whole (``disk``: written block by block to a folder of
+        this process's own inside ``folder``); ``device``: where a block runs and the rest of the
+        model lives (default: where the model is; a model loaded on the host for a larger-than-device
+        run is then moved there without its blocks)."""
         first = next(blocks[0].parameters())
-        device, dtype = first.device, first.dtype
+        dtype = first.dtype
+        device = first.device if device is None else torch.device(device)
         sources: list[dict] = []
         if mode == "disk":
-            folder = Path(folder) if folder is not None else temporary_folder()
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = temporary_folder(folder)
         for i, block in enumerate(blocks):
             params = {n: p.detach() for n, p in block.named_parameters()}
             if mode == "cpu":
@@ -132,8 +144,8 @@ class BlockStore:
                 sources.append({n: (str(path), n) for n in params})
             for n, p in params.items():  # the block's memory is given back as soon as it is stored
                 _set_param(block, n, torch.empty(p.shape, dtype=p.dtype, device="meta"))
-        store = cls(model, blocks, mode, device, dtype, sources, folder)
-        return store
+        _to_device(model, device)
+        return cls(model, blocks, mode, device, dtype, sources, folder)
 
     # ----- one block at a time ------------------------------------------------------------------
     def _read(self, i: int, device: torch.device | None = None, *, writable: bool = True) -> dict[str, torch.Tensor]:
@@ -285,9 +297,10 @@ def load_streamed(folder: Path, dtype: torch.dtype, device: torch.device, mode: 
                     sources[block][name[len(prefixes[block]):]] = f.get_tensor(name).to(dtype, copy=True)
     if tied and "lm_head.weight" not in index:
         model.tie_weights()
+    _to_device(model, device)  # the buffers built with the skeleton (rotary frequencies, embedding scales)
     model.eval()
-    if mode == "disk" and offload_folder is None:
-        offload_folder = temporary_folder()
+    if mode == "disk":
+        offload_folder = temporary_folder(offload_folder)
     store = BlockStore(model, blocks, mode, device, dtype, sources, offload_folder)
     return model, store
 

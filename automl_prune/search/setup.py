@@ -61,16 +61,21 @@ def search_memory(config: StudyConfig) -> dict | None:
         log.info("memory: the model's config cannot be read before loading; no memory check")
         return None
     device = str(resolve_device(config.device))
-    c, p = config.calibration, config.probe
+    c, p, h = config.calibration, config.probe, config.heldout
+    fisher = max((o.params.get("fisher_windows", 4) for o in config.objectives if o.name == "layer_recon"
+                  and str(o.params.get("weighting", "fisher")).startswith("fisher")), default=0)
     job = Job("candidate", offload=config.offload, device=device,
               dtype_bytes=torch.empty((), dtype=resolve_dtype(config.dtype)).element_size(),
-              n_windows=c.nsamples, seqlen=c.seqlen, with_gram=True, probe_tokens=p.nsamples * p.seqlen)
+              n_windows=c.nsamples, seqlen=c.seqlen, with_gram=True, probe_tokens=p.nsamples * p.seqlen,
+              probe_seqlen=p.seqlen, fisher_windows=min(fisher, p.nsamples),
+              heldout_tokens=(h.windows or 0) * h.seqlen if config.final.top else 0)
     est = estimate(ModelShape.from_config(shape_config), job)
     ray = config.executor == "ray"
     gpus = config.ray.gpus_per_trial if ray else 1.0
     log.info("memory per worker (offload: %s, model estimate): %s", config.offload, est.summary(device))
     if config.memory_check:
-        have = available(device, gpus=gpus or 1.0, folder=config.offload_folder or default_cache_dir(config.cache_dir))
+        have = available(device, gpus=gpus or 1.0, cache_dir=default_cache_dir(config.cache_dir),
+                         offload_folder=config.offload_folder)
         if ray and have["host"] is not None:
             have["host"] //= config.ray.max_concurrent_trials  # local workers share this machine's memory
         check_fits(est, have, what=f"a search worker of {config.model}", offload_hint="offload: disk, or cpu with a GPU",
