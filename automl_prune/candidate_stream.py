@@ -24,13 +24,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .calibration.blocks import BlockRunner
 from .errors import UserError
-from .evaluation.head import head_logits
-from .evaluation.perplexity import logits_nll, perplexity
+from .evaluation.perplexity import heads_nll, perplexity
 from .evaluation.streamed import put_in, tail
+from .fisher import next_token_loss, output_grad_hooks
 from .models.adapters import prunable_linears
 from .models.offload import passthrough
 from .pruning.apply import PruneResult, prune_block_layers
@@ -135,14 +134,7 @@ def stream_fisher(ctx, ids: torch.Tensor, *, labels: str = "data", seed: int = 0
             handle = blocks[0].register_forward_pre_hook(put_in(x), with_kwargs=True)
             try:
                 with torch.enable_grad():
-                    logits = model(input_ids=window, use_cache=False).logits[:, :-1].float()
-                    logits = logits.reshape(-1, logits.shape[-1])
-                    if labels == "data":
-                        target = window[:, 1:].reshape(-1)
-                    else:  # sampled from the dense model
-                        probs = torch.softmax(logits.detach(), -1).cpu()
-                        target = torch.multinomial(probs, 1, generator=gen).reshape(-1).to(logits.device)
-                    F.cross_entropy(logits, target, reduction="sum").backward()
+                    next_token_loss(model(input_ids=window, use_cache=False).logits, window, labels, gen).backward()
             finally:
                 handle.remove()
             grads.append(x.grad.detach())
@@ -152,16 +144,7 @@ def stream_fisher(ctx, ids: torch.Tensor, *, labels: str = "data", seed: int = 0
         with ctx.store.loaded(i, writable=False) as block:
             linears = prunable_linears(block)
             sums = {name: torch.zeros(lin.out_features, dtype=torch.float64, device=ctx.device) for name, lin in linears.items()}
-
-            def hook(name):
-                def grad_hook(g: torch.Tensor) -> None:
-                    sums[name].add_(g.detach().float().reshape(-1, g.shape[-1]).square().sum(0, dtype=torch.float64))
-
-                def fwd(_m, _inp, out):
-                    out.register_hook(grad_hook)
-                return fwd
-
-            handles = [lin.register_forward_hook(hook(name)) for name, lin in linears.items()]
+            handles = output_grad_hooks(linears, sums)
             try:
                 for w in range(len(grads)):
                     x = inputs[i][w].detach().to(ctx.device).requires_grad_(True)
@@ -189,11 +172,7 @@ def candidate_perplexity(ctx, ids: torch.Tensor, *, batch_size: int = 1) -> dict
     final = stream_pass(ctx, result.plan if result is not None else None,
                         probes=[ProbeRequest(key, ids, batch_size)]).finals[key]
     n, length = ids.shape
-    final = final.reshape(n, length, -1)
-    total, count = 0.0, 0
-    for s in range(0, n, batch_size):
-        nll, c = logits_nll(head_logits(ctx.model, final[s : s + batch_size]), ids[s : s + batch_size].to(final.device))
-        total, count = total + nll, count + c
+    total, count = heads_nll(ctx.model, list(final.reshape(n, length, -1).split(batch_size)), ids, batch_size)
     mean = total / max(count, 1)
     return dict(ppl=math.exp(mean) if mean < 700 else float("inf"), nll=mean, n_windows=int(n), seqlen=int(length),
                 n_tokens=count, seconds=round(time.perf_counter() - start, 3))

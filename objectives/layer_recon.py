@@ -42,12 +42,12 @@ import os
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 
 from automl_prune.candidate_context import CandidateContext
 from automl_prune.candidate_stream import stream_fisher, stream_pass
 from automl_prune.errors import UserError
 from automl_prune.evaluation.kl import swapped_weights
+from automl_prune.fisher import next_token_loss, output_grad_hooks
 from automl_prune.pruning.apply import PruneResult
 from automl_prune.pruning.masks import all_finite
 
@@ -70,17 +70,9 @@ def output_fisher(ctx: CandidateContext, ids: torch.Tensor, *, labels: str = "da
     count = 0
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
-    def hook(name: str):
-        def grad_hook(g: torch.Tensor) -> None:
-            acc[name].add_(g.detach().float().reshape(-1, g.shape[-1]).square().sum(0, dtype=torch.float64))
-
-        def fwd(_m, _inp, out):
-            out.register_hook(grad_hook)
-        return fwd
-
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    handles = [m.register_forward_hook(hook(name)) for name, m in ctx.modules.items()]
+    handles = output_grad_hooks(ctx.modules, acc)
     try:
         for p in params:
             p.requires_grad_(False)
@@ -88,14 +80,7 @@ def output_fisher(ctx: CandidateContext, ids: torch.Tensor, *, labels: str = "da
             for w in range(ids.shape[0]):
                 window = ids[w : w + 1].to(ctx.device)
                 emb = model.get_input_embeddings()(window).detach().requires_grad_(True)
-                logits = model(inputs_embeds=emb, use_cache=False).logits[:, :-1].float()
-                logits = logits.reshape(-1, logits.shape[-1])
-                if labels == "data":
-                    target = window[:, 1:].reshape(-1)
-                else:  # sampled from the dense model
-                    probs = torch.softmax(logits.detach(), -1).cpu()
-                    target = torch.multinomial(probs, 1, generator=gen).reshape(-1).to(logits.device)
-                F.cross_entropy(logits, target, reduction="sum").backward()
+                next_token_loss(model(inputs_embeds=emb, use_cache=False).logits, window, labels, gen).backward()
                 count += window.numel()
     finally:
         for h in handles:

@@ -19,6 +19,17 @@ def window_nll(model: nn.Module, ids: torch.Tensor) -> tuple[float, int]:
     return logits_nll(model(input_ids=ids, use_cache=False).logits, ids)
 
 
+def heads_nll(model: nn.Module, heads: list[torch.Tensor], input_ids: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    """Summed next-token NLL and prediction count from the LM head's inputs, one (b, L, d) tensor per
+    batch of ``batch_size`` windows of ``input_ids`` (a block-streamed forward's)."""
+    total, count = 0.0, 0
+    for s, h in zip(range(0, input_ids.shape[0], batch_size), heads):
+        logits = head_logits(model, h)
+        nll, n = logits_nll(logits, input_ids[s : s + batch_size].to(logits.device))
+        total, count = total + nll, count + n
+    return total, count
+
+
 def logits_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
     """Summed next-token NLL of logits (b, seqlen, vocab) for windows ``ids`` and the number of predictions."""
     nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum")
@@ -34,9 +45,7 @@ def perplexity(model: nn.Module, input_ids: torch.Tensor, *, batch_size: int = 1
     total, count = 0.0, 0
     if store is not None:
         hidden = streamed_head_inputs(model, store, input_ids, batch_size=batch_size, device=device, progress=progress, desc=desc)
-        for s, h in zip(range(0, input_ids.shape[0], batch_size), hidden):
-            nll, n = logits_nll(head_logits(model, h), input_ids[s : s + batch_size].to(device))
-            total, count = total + nll, count + n
+        total, count = heads_nll(model, hidden, input_ids, batch_size)
     else:
         for s in progress_bar(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch", enabled=progress, leave=False):
             nll, n = window_nll(model, input_ids[s : s + batch_size].to(device))
