@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from torch import nn
 
+from .atomic import atomic_dir
 from .models.gguf_cache import strip_quantizer
 from .models.offload import full_state_dict
 from .pruning.plan import PruningPlan
@@ -67,17 +70,29 @@ def export_pruned(model: nn.Module, tokenizer, out: str | Path, plan: PruningPla
     """Write ``out/`` = model (safetensors, config, tokenizer) + ``plan.yaml`` + ``metrics.json``,
     plus the per-layer channel orders (``channel_permutations.safetensors``: permuted column k of
     layer L is original column order[k]) when the mask is N:M only in a permuted order. ``store``:
-    the model's blocks are offloaded (models/offload.py): saved a block at a time."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if store is None:
-        save_pretrained_clean(model, tokenizer, out)
-    else:
-        save_streamed(model, store, tokenizer, out)
-    if permutations:
-        from safetensors.torch import save_file
+    the model's blocks are offloaded (models/offload.py): saved a block at a time.
 
-        save_file({k: v.contiguous() for k, v in permutations.items()}, str(out / PERMUTATIONS_FILE))
-    plan.save(out / "plan.yaml")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    The folder is written beside ``out`` and renamed into place when complete (atomic.py): a kill
+    leaves the earlier export, or nothing, at ``out``."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        if store is None:
+            save_pretrained_clean(model, tokenizer, tmp)
+        else:
+            save_streamed(model, store, tokenizer, tmp)
+        _test_pause()
+        if permutations:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in permutations.items()}, str(tmp / PERMUTATIONS_FILE))
+        plan.save(tmp / "plan.yaml")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return out
+
+
+def _test_pause() -> None:
+    """Tests only: $AUTOML_PRUNE_TEST_EXPORT_PAUSE seconds of sleep once the weights are written, so
+    that a test can kill the process in the middle of an export (tests/test_atomic_export.py)."""
+    seconds = os.environ.get("AUTOML_PRUNE_TEST_EXPORT_PAUSE")
+    if seconds:
+        time.sleep(float(seconds))

@@ -90,6 +90,7 @@ def test_search_report_and_prune_the_plan_offline_reproduce_the_masks(tmp_path, 
     assert best["calibration"] == {"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 0, "split": None,
                                    "text_field": None, "data_dir": str(data_dir.resolve())}
     assert best["heldout"] == {"source": "wikitext2", "seqlen": 128, "windows": 2}
+    assert best["model"]["name"] == str(tiny_llama_dir) and best["model"]["blocks"] == 3  # what it was made for
     report = (out / "report.md").read_text()
     assert "The trial budget (6) is spent" in report and "a diagnostic, never a selection" in report
     study = optuna.load_study(study_name="automl-prune", storage=f"sqlite:///{out / 'study.db'}")

@@ -28,14 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"automl-prune: error: {exc}", file=sys.stderr)
+        print(f"automl-prune: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except PruningError as exc:
-        print(f"automl-prune: pruning failed: {exc}", file=sys.stderr)
+        print(f"automl-prune: pruning failed: {one_line(exc)}", file=sys.stderr)
         return PruningError.exit_code
     except KeyboardInterrupt:
         print("automl-prune: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: Exception) -> str:
+    """An error's message on one line (a message quoting a parser's multi-line text included)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _quiet_libraries() -> None:

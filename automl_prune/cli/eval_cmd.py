@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import UserError
-from . import common
+from . import common, paths
 
 
 def register(sub) -> None:
@@ -47,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity
     from ..models.adapters import decoder_blocks, prunable_linears
-    from ..models.loading import check_model_spec, load_model
+    from ..models.loading import load_model
     from ..provenance import environment
 
+    paths.check(args)  # every path option, before anything is read
     common.resolve_quick(args)
     zero_shot = _zero_shot_options(args)  # checked before any model is loaded
     sources = [] if zero_shot and args.eval is None else common.eval_sources(args.eval or "wikitext2")
-    check_model_spec(args.model)
     for s in sources:  # opened before the model loads, so a bad source fails at once
         check_source(s, "evaluation", data_dir=args.data_dir)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print(text)
     else:
         if args.json:
-            Path(args.json).write_text(text)
+            write_text_atomic(args.json, text)
         print(summary(report, args.json))
     return 0
 

@@ -11,8 +11,8 @@ from typing import get_args
 from ..errors import UserError
 from ..export import PERMUTATIONS_FILE
 from ..pruning.methods import METHODS, plan_for_method
-from ..pruning.plan import Permute, PruningPlan, Refine, Update
-from . import common
+from ..pruning.plan import Permute, PruningPlan, Refine, TransferKind, Update
+from . import common, paths
 
 
 def register(sub) -> None:
@@ -32,6 +32,9 @@ def register(sub) -> None:
     what.add_argument("--refine", choices=get_args(Refine), help="mask refinement before the update (default none)")
     what.add_argument("--permute", choices=get_args(Permute), help="N:M only: choose the mask in a permuted "
                       "input-channel order (RIA); lsa adds linear-sum-assignment refinement (slower)")
+    what.add_argument("--transfer", choices=get_args(TransferKind), help="apply a --plan made for another model: metric (its "
+                      "method at its global target, uniform allocation) or depth (its per-layer targets mapped by "
+                      "relative depth, renormalised to the exact global count); recorded in the exported plan.yaml")
     common.add_calibration_options(p)
     common.add_offload_options(p)
     common.add_data_dir_option(p)
@@ -46,6 +49,8 @@ def register(sub) -> None:
 def build_plan(args: argparse.Namespace) -> PruningPlan:
     if args.sparsity is not None and args.pattern is not None:
         raise UserError("give either --sparsity (unstructured) or --pattern N:M, not both")
+    if args.transfer and not args.plan:
+        raise UserError("--transfer carries a plan file over to another model: give it with --plan FILE")
     if args.plan:
         plan = PruningPlan.load(args.plan)
         overrides = {k: v for k, v in dict(mode=args.mode, update=args.update, refine=args.refine,
@@ -88,6 +93,23 @@ def plan_defaults(args: argparse.Namespace, plan: PruningPlan) -> list[str]:
     return taken
 
 
+def fitted_plan(args: argparse.Namespace, plan: PruningPlan, model) -> PruningPlan:
+    """The plan checked against the model's prunable layers (or carried over with --transfer), with
+    the record of this model that the exported plan.yaml keeps (pruning/transfer.py)."""
+    # deferred: as in run, the model stack loads only when the command runs
+    from ..models.adapters import prunable_shapes
+    from ..pruning.transfer import check_plan, model_record, transfer_plan
+
+    shapes = prunable_shapes(model)
+    if args.transfer:
+        plan, line = transfer_plan(plan, shapes, args.transfer, args.model)
+        print(line)
+        return plan
+    for note in check_plan(plan, shapes, args.model):
+        print(note)
+    return plan.with_fields(model=model_record(args.model, shapes).model_dump())
+
+
 def run(args: argparse.Namespace) -> int:
     # deferred: a subcommand loads the model stack only when it runs (--help and argument errors answer at once)
     from ..data import calibration_windows, check_source, evaluation_windows
@@ -100,13 +122,12 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import environment
     from ..pruning.apply import needs_statistics, prune_model
 
+    paths.check(args, out=paths.EXPORT)  # every path option, before anything is read
     plan = build_plan(args)  # fail on a bad plan before loading anything
     from_plan = plan_defaults(args, plan)
     common.resolve_quick(args)
     sources = [] if args.no_eval else common.eval_sources(args.eval or "wikitext2")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not (out / "plan.yaml").exists():
-        raise UserError(f"output folder {out} exists and is not an automl-prune export; choose an empty or new folder")
     check_model_spec(args.model)
     common.memory_check(args, "prune", n_windows=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size,
                         with_gram=plan.needs_gram, update=plan.update)
@@ -120,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     model, tok, device, store = loaded.model, loaded.tokenizer, loaded.info["device"], loaded.store
     bos = common.use_bos(args, model)
     print(f"model: {args.model} ({loaded.info.get('n_params', 0) / 1e6:.1f}M parameters, {loaded.info['model_type']}, {device})")
+    plan = fitted_plan(args, plan, model)  # refused here, before any calibration, when it does not fit the model
     print(f"plan:  {plan.describe()}")
     if from_plan:
         print(f"from the plan file: calibration {args.calib} {args.nsamples} x {args.seqlen}, seed {args.seed}"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from . import paths
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
@@ -41,17 +42,21 @@ def run(args: argparse.Namespace) -> int:
     from ..search.config import load_config
     from ..search.run import run_search
 
+    args.data_dir = args.data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR")
+    paths.check(args, out=paths.SEARCH)  # every path option, before anything is read
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     overrides = {k: v for k, v in {"budget.trials": args.trials, "budget.timeout": args.timeout, "model": args.model,
                                    "storage": args.storage, "searcher.seed": args.seed, "executor": args.executor,
                                    "ray.address": args.ray_address, "ray.max_concurrent_trials": args.concurrent,
                                    "offload": args.offload}.items()
                  if v is not None}
-    data_dir = args.data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR")
-    if data_dir:
-        overrides["data_dir"] = data_dir
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
     config = load_config(config_path, overrides)  # every field checked before a model is loaded
     out = Path(args.out) if args.out else Path("runs") / config_path.stem
+    paths.check_values(config.model_dump(), lambda field: f"{field} of {config_path.name}")  # the config's paths
+    if not args.out:
+        paths.check_out_dir(out, "--out (default)", marks=paths.SEARCH)
     report = run_search(config, out, final=not args.no_final)
     print(f"\nreport: {report}")
     print(report.read_text().split("## Plots")[0].split("## Held-out comparison")[-1].strip())
@@ -62,7 +67,9 @@ def run_report(args: argparse.Namespace) -> int:
     from ..search.outputs import rebuild  # deferred: as in run()
 
     folder = Path(args.dir)
-    if not (folder / "config.yaml").exists():
+    if not (folder / "config.yaml").is_file():
         raise UserError(f"{folder} is not a search folder (no config.yaml); pass the --out folder of a search")
+    paths.check(args, dir=paths.SEARCH)  # the report is written into it
+    paths.check_yaml_file(folder / "config.yaml", "the search folder's")
     print(rebuild(folder))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import common
+from . import common, paths
 
 
 def register(sub) -> None:
@@ -23,10 +23,10 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration.dense import dense_statistics
     from ..data import calibration_windows, check_source
     from ..models.gguf_cache import default_cache_dir
-    from ..models.loading import check_model_spec, load_model
+    from ..models.loading import load_model
 
+    paths.check(args)  # every path option, before anything is read
     common.resolve_quick(args)
-    check_model_spec(args.model)
     check_source(args.calib, "calibration", data_dir=args.data_dir, split=args.calib_split, text_field=args.text_field)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
     calib = calibration_windows(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,

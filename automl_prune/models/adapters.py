@@ -114,6 +114,13 @@ def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
+def prunable_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Every prunable layer's weight shape (out, in) by its name in the model, ``"<block>.<layer>"``
+    (``"0.self_attn.q_proj"``), in forward order; offloaded blocks too (their weights keep their shapes)."""
+    return {f"{i}.{name}": tuple(lin.weight.shape) for i, block in enumerate(decoder_blocks(model))
+            for name, lin in prunable_linears(block).items()}
+
+
 def family(model: nn.Module) -> str:
     """The adapter family (``"llama"``, ``"gemma3"``, ...) or ``"generic"`` for an unknown model type."""
     adapter = ADAPTERS.get(_model_type(model) or "")

@@ -83,11 +83,28 @@ def check_model_spec(spec: str) -> None:
     if not isinstance(spec, str) or not spec.strip():
         raise UserError("No model given: pass an alias (smollm2-135m, gemma3-270m), a .gguf file, a folder or a hub id")
     spec = spec.strip()
-    if not is_alias(spec) and not Path(spec).expanduser().exists() and _looks_like_path(spec):
+    path = Path(spec).expanduser()
+    if not is_alias(spec) and not path.exists() and _looks_like_path(spec):
         raise UserError(
             f"No such file or folder: {spec}. Pass an existing .gguf file or model folder, "
             "or an offline alias (smollm2-135m, gemma3-270m)."
         )
+    problem = _local_problem(path) if path.exists() else None
+    if problem:
+        raise UserError(problem)
+
+
+def _local_problem(path: Path) -> str | None:
+    """What makes an existing local path no model: a file that is not a .gguf, a folder without config.json."""
+    if path.is_file() and path.suffix.lower() != ".gguf":
+        return f"{path} is a file but not a .gguf file; pass a .gguf file or a model folder"
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"; it holds {', '.join(ggufs)}: pass that file itself" if ggufs else ""
+        return f"{path} is a folder but not a Hugging Face model folder (no config.json){hint}"
+    if not path.is_file() and not path.is_dir():
+        return f"{path} is neither a file nor a folder; pass a .gguf file or a model folder"
+    return None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -146,10 +163,9 @@ def _load_tokenizer(source: str) -> Any:
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    if not (folder / "config.json").is_file():
-        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
-        hint = f"; it holds {', '.join(ggufs)}: pass that file itself" if ggufs else ""
-        raise UserError(f"{folder} is a folder but not a Hugging Face model folder (no config.json){hint}")
+    problem = _local_problem(folder)
+    if problem:
+        raise UserError(problem)
     try:
         model = _load_pretrained(str(folder), dtype, device)
     except (OSError, ValueError, KeyError) as exc:
@@ -219,9 +235,7 @@ def _load_offloaded(spec: str, path: Path, cache_root: Path, dtype: torch.dtype,
         gguf_cache.require_gguf_package()
         folder, extra, whole = _gguf_source(cache_root, sha256=alias.sha256, locate=alias.locate)
         info.update(source="alias", alias=alias.name, path=extra["gguf_file"] or extra["cache_path"], **extra)
-    elif path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise UserError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model folder")
+    elif path.is_file():  # a .gguf: check_model_spec refused any other file
         gguf_cache.require_gguf_package()
         folder, extra, whole = _gguf_source(cache_root, gguf_path=path.resolve())
         info.update(source="gguf", path=str(path.resolve()), **extra)
@@ -311,9 +325,7 @@ def load_model(
             cache_root, torch_dtype, torch_device, sha256=alias.sha256, locate=alias.locate
         )
         info.update(source="alias", alias=alias.name, path=extra["gguf_file"] or extra["cache_path"], **extra)
-    elif path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise UserError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model folder")
+    elif path.is_file():  # a .gguf: check_model_spec refused any other file
         gguf_cache.require_gguf_package()
         model, tokenizer, extra = _load_gguf(cache_root, torch_dtype, torch_device, gguf_path=path.resolve())
         info.update(source="gguf", path=str(path.resolve()), **extra)

@@ -12,10 +12,11 @@ from ..progress import progress_bar
 from ..calibration.blocks import BlockRunner
 from ..calibration.capture import BlockStats, capture_statistics
 from ..calibration.dense import dense_statistics
-from ..models.adapters import decoder_blocks, prunable_linears
+from ..models.adapters import decoder_blocks, prunable_linears, prunable_shapes
 from .layer import prune_weight
 from .plan import PruningPlan
 from .score_cache import ScoreCache
+from .transfer import check_plan
 
 
 @dataclass
@@ -90,7 +91,10 @@ def prune_model(
     others as they are; the result lists those layers alone. ``store``: the blocks are offloaded
     (models/offload.py): each block is brought to the device, pruned and written back in turn, and
     the statistics are read one block at a time (the same masks and weights as in memory).
+    A plan that does not fit the model (layer names it lacks, a record of another model) is refused
+    first (UserError; ``transfer.check_plan``, ``transfer.transfer_plan`` carries a plan over).
     """
+    check_plan(plan, prunable_shapes(model))
     blocks = decoder_blocks(model)
     result = PruneResult(plan)
     start = time.perf_counter()

@@ -24,6 +24,8 @@ ALLOCATION_FIELDS = ("sparsity", "layer_sparsity")
 Update = Literal["none", "sparsegpt", "admm"]
 Refine = Literal["none", "dsnot"]
 Permute = Literal["none", "heuristic", "lsa"]
+#: how a plan made for one model is carried over to another (pruning/transfer.py)
+TransferKind = Literal["metric", "depth"]
 
 
 class AdmmOptions(BaseModel):
@@ -91,9 +93,38 @@ class PlanHeldout(BaseModel):
     windows: int | None = Field(None, ge=1)
 
 
+class PlanModel(BaseModel):
+    """The model a plan was made for (written by the prune command and a search): its name as it was
+    given (alias, path or hub id), its block count and ``layers_digest``, a short digest of its
+    prunable layers' names and shapes (pruning/transfer.py). A plan is applied to another model
+    only by an explicit transfer. A hand-written record may give the block count alone."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    blocks: int = Field(ge=1)
+    layers_digest: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _known(self, handler):
+        # a record written without a name or digest stays so
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class PlanTransfer(BaseModel):
+    """How a plan was carried over from the model it was made for (``source``, when known) to the one
+    its ``model`` names: ``metric`` (its method at its global target, uniform allocation) or
+    ``depth`` (its per-layer targets mapped by relative depth, renormalised to the global count)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: TransferKind
+    source: PlanModel | None = None
+
+
+#: what a plan records of where it came from: never part of what is pruned (layer_settings leaves it out)
+PROVENANCE_FIELDS = ("calibration", "heldout", "model", "transfer")
 #: fields written to YAML only when they differ from their defaults (plans stay short)
 _QUIET_DEFAULTS = {"refine": "none", "permute": "none", "admm": AdmmOptions().model_dump(), "dsnot": DsnotOptions().model_dump(),
-                   "calibration": None, "heldout": None}
+                   **dict.fromkeys(PROVENANCE_FIELDS)}
 
 
 class PruningPlan(BaseModel):
@@ -118,9 +149,12 @@ class PruningPlan(BaseModel):
     permute: Permute = "none"
     admm: AdmmOptions = AdmmOptions()
     dsnot: DsnotOptions = DsnotOptions()
-    #: where the plan came from (a search's calibration and held-out text); not part of what is pruned
+    #: where the plan came from (a search's calibration and held-out text, the model it was made for,
+    #: a transfer from another model); not part of what is pruned
     calibration: PlanCalibration | None = None
     heldout: PlanHeldout | None = None
+    model: PlanModel | None = None
+    transfer: PlanTransfer | None = None
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -177,8 +211,8 @@ class PruningPlan(BaseModel):
 
     def layer_settings(self) -> dict:
         """Everything that decides how a layer is pruned at a given target: the plan's fields but its
-        allocation (``ALLOCATION_FIELDS``) and its provenance (calibration, held-out text)."""
-        return self.model_dump(mode="json", exclude={*ALLOCATION_FIELDS, "calibration", "heldout"})
+        allocation (``ALLOCATION_FIELDS``) and its provenance (``PROVENANCE_FIELDS``)."""
+        return self.model_dump(mode="json", exclude={*ALLOCATION_FIELDS, *PROVENANCE_FIELDS})
 
     def sparsity_for(self, block: int, layer: str, n_blocks: int) -> float:
         """Target sparsity of layer ``layer`` (name relative to its block) in block ``block``."""

@@ -267,12 +267,14 @@ class StudyConfig(_Strict):
     selection: SelectionConfig | None = None  # multi-fidelity selection after the search: see SelectionConfig
     allocation_search: AllocationSearchConfig | None = None  # the joint plan's allocation phase: see AllocationSearchConfig
 
-    def plan_origin(self) -> dict:
+    def plan_origin(self, meta: dict | None = None) -> dict:
         """What every plan file of this study records of where it came from: the calibration (so
-        ``prune --plan`` computes the statistics the plan was scored on) and the held-out text."""
+        ``prune --plan`` computes the statistics the plan was scored on), the held-out text and,
+        from the run's ``meta`` (meta.json), the model the plans were made for."""
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
+        model = (meta or {}).get("plan_model")
         return {"calibration": {**self.calibration.model_dump(), "data_dir": data_dir},
-                "heldout": self.heldout.model_dump(), **self.stage_fields()}
+                "heldout": self.heldout.model_dump(), **({"model": model} if model else {}), **self.stage_fields()}
 
     def stage_fields(self) -> dict:
         """The plan fields the selection stages add to every candidate (``selection.reconstruction``):

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import optuna
 
+from ..atomic import atomic_file, write_text_atomic
+from ..errors import UserError
 from ..pruning.plan import PruningPlan
 from .config import load_config
 from .plots import plot_history, plot_layerwise, plot_pareto
 from .report import write_report
 from .results import FinalResult, polished_rows
+from .storage import sqlite_path
 from .study import Study
 
 
@@ -21,7 +24,8 @@ def write_trials_csv(study: optuna.Study, out: Path) -> None:
     df = study.trials_dataframe(attrs=("number", "value" if len(study.directions) == 1 else "values", "params", "state",
                                        "duration", "user_attrs"))
     drop = [c for c in df.columns if c == "user_attrs_plan"]
-    df.drop(columns=drop).to_csv(out / "trials.csv", index=False)
+    with atomic_file(out / "trials.csv") as tmp:
+        df.drop(columns=drop).to_csv(tmp, index=False)
 
 
 def _plan_file(plan: dict, origin: dict | None) -> PruningPlan:
@@ -41,12 +45,12 @@ def write_plans(study: optuna.Study, out: Path, origin: dict | None = None) -> l
         selected = study.user_attrs.get("selected_trial")  # multi-fidelity selection chose another trial
         if selected is not None:
             best = study.get_trials(deepcopy=False)[selected]
-        _plan_file(best.user_attrs["plan"], origin).save(out / "best.yaml")
+        write_text_atomic(out / "best.yaml", _plan_file(best.user_attrs["plan"], origin).to_yaml())
         return [out / "best.yaml"]
     (out / "pareto").mkdir(exist_ok=True)
     for t in done:
         path = out / "pareto" / f"trial-{t.number}.yaml"
-        _plan_file(t.user_attrs["plan"], origin).save(path)
+        write_text_atomic(path, _plan_file(t.user_attrs["plan"], origin).to_yaml())
         written.append(path)
     return written
 
@@ -59,7 +63,7 @@ def write_polished_plans(final: FinalResult | None, out: Path, origin: dict | No
     written = []
     for r in rows:
         path = out / "polished" / f"sparsity-{r['target']:g}.yaml"
-        _plan_file(r["plan"], origin).save(path)
+        write_text_atomic(path, _plan_file(r["plan"], origin).to_yaml())
         written.append(path)
     return written
 
@@ -67,14 +71,26 @@ def write_polished_plans(final: FinalResult | None, out: Path, origin: dict | No
 def rebuild(out: Path) -> Path:
     """Regenerate every output of a search folder from its study and final.json."""
     definition = Study.from_config(load_config(out / "config.yaml"), out)
-    config, study = definition.config, definition.load()
+    config, study = definition.config, _stored(definition)
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else None
     delivered = None
     if config.allocation_search is not None and meta.get("allocation_phase"):
         delivered = optuna.load_study(study_name=meta["allocation_phase"]["study"], storage=definition.url)
-    return write_outputs(study, out, [o.name for o in config.objectives], meta, final, origin=config.plan_origin(),
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, final, origin=config.plan_origin(meta),
                          delivered=delivered)
+
+
+def _stored(definition: Study) -> optuna.Study:
+    """The study a report is rebuilt from; a UserError when its storage holds none (nothing is created)."""
+    db = sqlite_path(definition.url)
+    try:
+        if db is None or db.is_file():  # optuna would create a missing SQLite file
+            return definition.load()
+    except KeyError:  # the storage exists, the study does not
+        pass
+    raise UserError(f"{definition.where} holds no study: nothing to report; run the search first "
+                    "(automl-prune search --config FILE --out DIR)")
 
 
 def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, final: FinalResult | None,

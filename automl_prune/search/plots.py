@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ..atomic import atomic_file
 from ..pruning.plan import PruningPlan
 from .results import FinalResult, change_vs_baseline, is_polished, polished_rows
 
@@ -25,7 +26,8 @@ def figure(path: Path, figsize: tuple[float, float], ncols: int = 1):
     try:
         yield fig, axes[0]
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        with atomic_file(path) as tmp:  # a kill leaves the earlier plot, never half of one
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
 

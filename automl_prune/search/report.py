@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ..atomic import write_text_atomic
 from .results import FinalResult, baseline_ppl, is_polished, polished_rows
 from .searcher_configs import summary
 from .storage import STALE
@@ -269,7 +270,7 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
               (", the polished ones `polished/sparsity-S.yaml`" if (out / "polished").is_dir() else "") +
               "; apply one with `automl-prune prune --model M --plan FILE --out DIR`.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 
