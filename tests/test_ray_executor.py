@@ -1,6 +1,10 @@
 """The Ray executor on real Ray (a local instance, and a two-node cluster started here): same
 outputs and, sequentially with the same seed, the same trial values as the local executor; trials
-on both nodes; a killed worker and a killed search lose no completed trial."""
+on both nodes; a killed worker and a killed search lose no completed trial.
+
+Every test runs its own Ray (``own_ray``): its own temp dir and, for the cluster, its own ports;
+its processes are found and ended by that temp dir, never by ``ray stop`` (which ends every Ray
+process of the user on the machine)."""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ import sys
 import time
 
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
 from automl_prune.search.config import load_config
 from automl_prune.search.run import run_search
+from own_ray import OwnRay
 from study_configs import tiny_study_config
 
 # the `ray` command of this interpreter's environment (found without an activated virtualenv too)
@@ -40,25 +46,75 @@ def _trials(out):
 
 
 def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # with the test's RAY_TMPDIR (own_ray)
     env.pop("RAY_ADDRESS", None)
     return env
 
 
 @pytest.fixture
-def ray_clean():
-    """Nothing of Ray left running after the test (the local instances the search starts, or a cluster)."""
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+def own_ray(monkeypatch):
+    """This test's own Ray (own_ray.py: its own temp dir, its processes found and ended by it);
+    nothing of it is left running after the test."""
+    own = OwnRay()
+    monkeypatch.setenv("RAY_TMPDIR", own.root)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield own
+    own.stop()
+    assert not own.processes(), "a process of the test's Ray outlived the test"
+
+
+def test_own_ray_ends_its_own_processes_only(own_ray):
+    """A process started with another temp dir (another Ray on the machine, as far as the test can
+    tell) is neither found nor ended; the test's own are, whatever Ray did to their names."""
+    script = "import time, sys; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(600)"
+    mine = subprocess.Popen([sys.executable, "-c", script], env=_env(), stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen([sys.executable, "-c", script], env=dict(_env(), RAY_TMPDIR=own_ray.root + "-other"),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert mine.stdout.readline() == other.stdout.readline() == "up\n"
+        assert [p.pid for p in own_ray.processes()] == [mine.pid]
+        assert own_ray.kill() == [mine.pid]  # (and reaped it: Popen cannot see its status any more)
+        assert not psutil.pid_exists(mine.pid) and other.poll() is None and own_ray.processes() == []
+    finally:
+        for proc in (mine, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_local_instance_neither_joins_nor_ends_another_ray_on_the_machine(own_ray):
+    """Another Ray on the machine (as a user starts one: `ray start --head`, its own temp dir): a
+    driver sharing its temp dir would join it (the control), the executor's local instance in the
+    test's own dir starts a cluster of its own, and ending the test's Ray leaves the other running."""
+    from automl_prune.search.ray_executor import connect
+
+    other = OwnRay()
+    try:
+        env = dict(_env(), RAY_TMPDIR=other.root, RAY_AUTH_MODE="disabled")
+        port = _free_port()
+        started = subprocess.run([RAY, "start", "--head", f"--port={port}", f"--dashboard-agent-listen-port={_free_port()}",
+                                  "--num-cpus=1", "--object-store-memory=100000000", "--include-dashboard=false",
+                                  "--disable-usage-stats"], capture_output=True, text=True, timeout=180, env=env)
+        assert started.returncode == 0, started.stderr[-2000:]
+        theirs = other.processes()
+        assert theirs
+        where = "import ray; ray.init(logging_level='ERROR'); print(ray.get_runtime_context().gcs_address)"
+        joined = subprocess.run([sys.executable, "-c", where], capture_output=True, text=True, timeout=180, env=env)
+        assert joined.stdout.strip().splitlines()[-1].endswith(f":{port}"), joined.stderr[-2000:]  # the control
+        assert connect(None)  # no address: a local instance, in the test's own dir
+        assert not ray.get_runtime_context().gcs_address.endswith(f":{port}")
+        assert own_ray.processes()
+        own_ray.stop()
+        assert own_ray.processes() == [] and all(p.is_running() for p in theirs)
+    finally:
+        other.stop()
+    assert other.processes() == []
 
 
 SELECTION = {"stages": [{"tokens": 128, "keep": 2}, {"tokens": 256, "keep": 1}], "candidates": 3, "seqlen": 64,
              "objective": {"name": "kl", "params": {"topk": 64}}}
 
 
-def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_dir, own_ray):
     path = _config(tmp_path, tiny_llama_dir, data_dir, selection=SELECTION)
     local = tmp_path / "local"
     run_search(load_config(path), local, progress=False)
@@ -85,7 +141,7 @@ def test_ray_matches_local_executor_sequentially(tmp_path, tiny_llama_dir, data_
            [[c["trial"] for c in st["candidates"]] for st in sel[1]["stages"]]
 
 
-def test_offloaded_workers_on_ray_match_the_in_memory_local_study(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+def test_offloaded_workers_on_ray_match_the_in_memory_local_study(tmp_path, tiny_llama_dir, data_dir, own_ray):
     """Ray workers that stream the model from disk (offload: disk; on a GPU cluster the same worker
     holds one block on its device) score the same trials as the local executor holding it whole."""
     path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 5})
@@ -101,7 +157,7 @@ def test_offloaded_workers_on_ray_match_the_in_memory_local_study(tmp_path, tiny
     assert json.loads((on_ray / "meta.json").read_text())["memory_model"]["offload"] == "disk"
 
 
-def test_joint_plan_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+def test_joint_plan_on_ray_matches_local(tmp_path, tiny_llama_dir, data_dir, own_ray):
     """allocation_search on Ray: both phases' candidates on actors (the phase's actors swap from the
     database the driver built of the first phase's selected plan); the same trials and values."""
     from test_evolution import JOINT
@@ -125,16 +181,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, tiny_llama_dir, data_dir, own_ray):
     port = _free_port()
     env = dict(_env(), RAY_AUTH_MODE="disabled")  # a throwaway local cluster: no token (this driver has none)
     common = ["--num-cpus=1", "--object-store-memory=100000000"]
-    head = subprocess.run([RAY, "start", "--head", f"--port={port}", "--resources", '{"head_slot": 1}', *common,
+
+    def own_ports():  # the port a node's agent would otherwise take at its fixed default (52365)
+        return [f"--dashboard-agent-listen-port={_free_port()}"]
+
+    head = subprocess.run([RAY, "start", "--head", f"--port={port}", *own_ports(), "--resources", '{"head_slot": 1}', *common,
                            "--include-dashboard=false", "--disable-usage-stats"],
                           capture_output=True, text=True, timeout=180, env=env)
     assert head.returncode == 0, head.stderr[-2000:]
-    worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--resources", '{"worker_slot": 1}', *common],
-                            capture_output=True, text=True, timeout=180, env=env)
+    worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *own_ports(), "--resources",
+                             '{"worker_slot": 1}', *common], capture_output=True, text=True, timeout=180, env=env)
     assert worker.returncode == 0, worker.stderr[-2000:]
     # pymoo NSGA-III farms each generation out to two actors of one CPU each: one per node
     path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 8}, executor="ray",
@@ -207,7 +267,7 @@ def _wait_for(out, n, proc, timeout=240):
     raise AssertionError(f"fewer than {n} completed trials after {timeout} s")
 
 
-def test_killed_worker_loses_no_completed_trial(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+def test_killed_worker_loses_no_completed_trial(tmp_path, tiny_llama_dir, data_dir, own_ray):
     # a budget long enough that the search is still running when the worker dies (the tiny model
     # scores a candidate in a fraction of a second)
     path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 40}, ray={"max_failures": 2})
@@ -226,14 +286,14 @@ def test_killed_worker_loses_no_completed_trial(tmp_path, tiny_llama_dir, data_d
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 39
 
 
-def test_interrupted_search_resumes_the_same_study(tmp_path, tiny_llama_dir, data_dir, ray_clean):
+def test_interrupted_search_resumes_the_same_study(tmp_path, tiny_llama_dir, data_dir, own_ray):
     path = _config(tmp_path, tiny_llama_dir, data_dir, budget={"trials": 10}, executor="ray")
     out = tmp_path / "run"
     proc = _search(path, out, _env())
     before = _wait_for(out, 4, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the search and the Ray instance it started
     proc.wait()
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    own_ray.kill()  # whatever of that instance left the process group
     again = _search(path, out, _env())
     rc, output = _finish(again, 400)
     assert rc == 0, output

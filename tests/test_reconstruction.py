@@ -21,7 +21,8 @@ from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.dsnot import dsnot_refine
 from automl_prune.pruning.masks import check_nm, nm_mask, per_row_counts, unstructured_mask
 from automl_prune.pruning.methods import plan_for_method
-from automl_prune.pruning.permutation import check_permuted_nm, nm_permutation, nm_retained, permuted_nm_mask
+from automl_prune.pruning.permutation import (check_permuted_nm, heuristic_order, nm_permutation, nm_retained,
+                                             permuted_nm_mask)
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.pruning.sparsegpt import sparsegpt_prune
 
@@ -210,10 +211,32 @@ def test_permutation_gives_valid_nm_in_permuted_order_and_never_retains_less(nm)
     assert not check_nm(permuted_nm_mask(s, refined.order, n, m), n, m)  # not N:M in the original order
 
 
-def test_permutation_falls_back_to_identity_when_nothing_is_gained():
-    s = torch.ones(8, 16)  # every grouping retains the same
+def test_permutation_pays_where_the_groups_are_uneven():
+    # one row, 2:4: the four strong channels all sit in the first group, so N:M in the original order
+    # keeps two of them; dealt out over the two groups, all four survive and only the zeros are pruned
+    s = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
     p = nm_permutation(s, 2, 4)
-    assert p.retained == nm_retained(s, 2, 4) and p.retained >= p.retained_identity
+    assert (p.retained_identity, p.retained, p.method) == (2.0, 4.0, "heuristic")
+    mask = permuted_nm_mask(s, p.order, 2, 4)
+    assert torch.equal(mask, s == 0)  # True = pruned: every strong channel kept
+    assert check_permuted_nm(mask, p.order, 2, 4) and not check_nm(mask, 2, 4)
+
+
+def test_permutation_falls_back_to_identity_when_it_would_retain_less():
+    # column totals 2, 2 (channels 1, 4), then 1, 1, 1 (2, 5, 7): the balancing heuristic deals 1, 2
+    # and 7 into one group, where row 1 keeps two of its three non-zeros (6 kept in all); the original
+    # groups keep 7, so the identity is returned
+    s = torch.tensor([[0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0],
+                      [0.0, 2.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]])
+    assert nm_retained(s[:, heuristic_order(s, 4)], 2, 4) == 6.0  # the heuristic alone would lose
+    p = nm_permutation(s, 2, 4)
+    assert p.method == "identity" and torch.equal(p.order, torch.arange(8))
+    assert p.retained == p.retained_identity == nm_retained(s, 2, 4) == 7.0
+    assert torch.equal(permuted_nm_mask(s, p.order, 2, 4), nm_mask(s, 2, 4))
+    # nothing to gain (every grouping retains the same): the order returned keeps exactly as much
+    flat = torch.ones(8, 16)
+    q = nm_permutation(flat, 2, 4)
+    assert q.retained == q.retained_identity == 8 * 8.0
 
 
 # ----- plans and whole models ----------------------------------------------------------------------

@@ -116,8 +116,17 @@ def test_bad_configs_name_the_field(config, field):
 
 
 def test_target_outside_bounds_is_fine_for_the_uniform_allocation():
-    # the uniform allocation never clips, so its bounds do not restrict the target
-    make_space({"pattern": {"name": "sparsity", "low": 0.3, "high": 0.95}})
+    # the uniform allocation never clips, so its bounds do not restrict the target: a range reaching
+    # past them builds (the same range with the depth allocation is refused, BAD_CONFIGS) and every
+    # target decodes to itself, unclipped, inside or outside the bounds
+    space = make_space({"allocation": {"name": "uniform", "bounds": [0.1, 0.9]},
+                        "pattern": {"name": "sparsity", "low": 0.3, "high": 0.95}})
+    dist = space.distributions()["pattern.sparsity"]
+    assert (dist.low, dist.high) == (0.3, 0.95)
+    point = space.named_points()["wanda@s=0.3"]
+    for target in (0.3, 0.6, 0.9, 0.93, 0.95):
+        plan = space.decode({**point, "pattern.sparsity": target})
+        assert plan.sparsity == target and not plan.layer_sparsity, (target, plan.to_dict())
 
 
 # ----- the searcher contract ---------------------------------------------------------------------------

@@ -249,24 +249,32 @@ def test_user_error_is_what_a_refusal_raises(tmp_path):
     FileLock(tmp_path / "x.lock", "the study").acquire().release()
 
 
-def test_a_lease_in_a_server_storage_refuses_a_second_driver_until_released_or_expired(tmp_path, monkeypatch):
+def test_a_lease_in_a_server_storage_refuses_a_second_driver_until_released_or_expired(tmp_path):
     """The lease used for storages without a lock file (PostgreSQL, MySQL), here on a real SQLite
     storage: one holder at a time; an expired lease (its driver died) is taken over."""
     from automl_prune.search import lock as L
 
-    monkeypatch.setattr(L.time, "sleep", lambda s: None)
+    waits = []  # the lease's own sleep (nothing global is patched): recorded, not waited
+
+    def lease(**kw):
+        return L.LeaseLock(study, "the study 's'", sleep=waits.append, **kw)
+
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
-    first = L.LeaseLock(study, "the study 's'").acquire()
+    first = lease().acquire()
+    assert waits == [L.LeaseLock.SETTLE_S]  # it waited for a concurrent writer before trusting its lease
     with pytest.raises(UserError, match=f"pid {os.getpid()}"):
-        L.LeaseLock(study, "the study 's'").acquire()
+        lease().acquire()
     first.release()
-    second = L.LeaseLock(study, "the study 's'").acquire()
+    second = lease().acquire()
     second._stop.set()  # its driver "dies": no more renewals
-    lease = dict(study.user_attrs[L.LEASE_ATTR], expires=time.time() - 1)
-    study.set_user_attr(L.LEASE_ATTR, lease)
-    third = L.LeaseLock(study, "the study 's'").acquire()
+    held = study.user_attrs[L.LEASE_ATTR]
+    with pytest.raises(UserError, match=f"pid {os.getpid()}"):  # a clock just before the expiry: still held
+        lease(clock=lambda: held["expires"] - 1).acquire()
+    third = lease(clock=lambda: held["expires"] + 1).acquire()  # just after: taken over
     assert study.user_attrs[L.LEASE_ATTR]["token"] == third.token
+    assert study.user_attrs[L.LEASE_ATTR]["expires"] == held["expires"] + 1 + L.LEASE_S
     third.release()
+    assert study.user_attrs[L.LEASE_ATTR] == {}
 
 
 def test_weights_changed_in_place_are_refused_before_any_trial(tmp_path, tiny_llama_dir, data_dir):

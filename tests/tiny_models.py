@@ -108,26 +108,26 @@ C4_FILE = "c4/c4-train.00000-of-01024.first1000.jsonl"
 
 def byte_windows(n: int, seqlen: int, data_dir=None) -> tuple[torch.Tensor, str]:
     """``n`` windows of ``seqlen`` tokens for a 256-token vocabulary: the UTF-8 bytes of the first
-    C4 calibration documents (real text) when the offline data folder is there, else seeded
-    random tokens. Returns (input_ids, source)."""
+    C4 calibration documents of the offline data folder (``data_dir``, else $AUTOML_PRUNE_DATA_DIR,
+    else ../shared/data), real text. Without the file the calling test is skipped (failed under the
+    require switch, see ci_requires.py): never random tokens in its place. Returns (input_ids, source)."""
     import json
-    import os
     from pathlib import Path
 
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"  # as conftest.shared_data_dir
-    root = Path(data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR") or default)
-    path = root / C4_FILE
-    if path.is_file():
-        data = bytearray()
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                data += json.loads(line)["text"].encode("utf-8") + b"\n\n"
-                if len(data) >= n * seqlen:
-                    break
-        if len(data) >= n * seqlen:
-            return torch.tensor(list(data[: n * seqlen]), dtype=torch.long).reshape(n, seqlen), "c4-bytes"
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, VOCAB, (n, seqlen), generator=g), "random"
+    from ci_requires import data_root, missing
+
+    path = Path(data_dir or data_root()) / C4_FILE
+    if not path.is_file():
+        missing(f"not present: {path}, the offline data folder's C4 text (set AUTOML_PRUNE_DATA_DIR to the folder)")
+    data = bytearray()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            data += json.loads(line)["text"].encode("utf-8") + b"\n\n"
+            if len(data) >= n * seqlen:
+                break
+    if len(data) < n * seqlen:
+        raise ValueError(f"{path} holds {len(data)} bytes of text, fewer than the {n} x {seqlen} asked for")
+    return torch.tensor(list(data[: n * seqlen]), dtype=torch.long).reshape(n, seqlen), "c4-bytes"
 
 
 _CALIBRATED: dict = {}

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UserError
 from .storage import masked, sqlite_path
@@ -70,23 +71,28 @@ class FileLock:
 
 
 class LeaseLock:
-    """A lease in the study's attributes of a server storage, renewed by a daemon thread."""
+    """A lease in the study's attributes of a server storage, renewed by a daemon thread.
+    ``clock`` and ``sleep`` (default ``time.time``, ``time.sleep``) are this lease's own, for tests."""
 
-    def __init__(self, study, what: str):
+    SETTLE_S = 0.5  # two drivers that wrote at once: the last write wins, the other sees it after this
+
+    def __init__(self, study, what: str, *, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
         self.study, self.what = study, what
         self.token = uuid.uuid4().hex
+        self._clock, self._sleep = clock, sleep
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _write(self) -> None:
-        self.study.set_user_attr(LEASE_ATTR, {**_me(), "token": self.token, "expires": time.time() + LEASE_S})
+        self.study.set_user_attr(LEASE_ATTR, {**_me(), "token": self.token, "expires": self._clock() + LEASE_S})
 
     def acquire(self) -> "LeaseLock":
         held = self.study.user_attrs.get(LEASE_ATTR) or {}
-        if held.get("token") and held.get("expires", 0) > time.time():
+        if held.get("token") and held.get("expires", 0) > self._clock():
             raise _refusal(self.what, held)
         self._write()
-        time.sleep(0.5)  # two drivers that wrote at once: the last write wins, the other sees it
+        self._sleep(self.SETTLE_S)
         if (self.study.user_attrs.get(LEASE_ATTR) or {}).get("token") != self.token:
             raise _refusal(self.what, self.study.user_attrs.get(LEASE_ATTR) or {})
         self._thread = threading.Thread(target=self._renew, name="automl-prune-lease", daemon=True)
