@@ -238,6 +238,28 @@ def test_the_memory_model_counts_the_model_and_orders_the_offload_modes(tiny_lla
     assert gpu["disk"].host_peak < gpu["cpu"].host_peak
 
 
+def test_the_search_phases_grow_in_order_and_a_cold_load_can_be_the_peak(tiny_llama_dir):
+    """search_phases: each phase holds what the earlier ones left (load < statistics < objectives <
+    search); the GGUF dequantization of a cold cache counts in the load phase alone, and when it is
+    the largest the memory check fits that phase (peak_phase)."""
+    from transformers import AutoConfig
+
+    from automl_prune.models.memory_model import peak_phase, search_phases
+
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(tiny_llama_dir))
+    job = Job("candidate", n_windows=8, seqlen=64, probe_tokens=256, probe_seqlen=64, fisher_windows=2, heldout_tokens=256,
+              selection_tokens=4096)
+    warm = search_phases(shape, job)
+    host = {name: e.host_peak for name, e in warm.items()}
+    assert host["load model"] < host["statistics"] < host["objectives"] < host["search"] <= host["selection"]
+    assert warm["search"].parts["score cache"] > 0 and "score cache" not in warm["objectives"].parts
+    assert peak_phase(warm)[0] in ("search", "selection")
+    cold = search_phases(shape, Job(**{**job.__dict__, "dequantize_bytes": 64 * 2**30}))
+    assert cold["load model"].host_peak - warm["load model"].host_peak >= 64 * 2**30
+    assert cold["search"].host_peak == warm["search"].host_peak
+    assert peak_phase(cold)[0] == "load model"
+
+
 def test_a_job_that_cannot_fit_is_refused_before_the_model_loads(tiny_llama_dir, data_dir, tmp_path, capsys):
     code = main(["prune", "--model", str(tiny_llama_dir), "--method", "sparsegpt", "--device", "cpu", "--nsamples", "400000",
                  "--seqlen", "512", "--no-eval", "--data-dir", str(data_dir), "--out", str(tmp_path / "out")])

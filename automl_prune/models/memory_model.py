@@ -29,21 +29,22 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ..pruning.score_cache import SCORE_CACHE_BYTES
 from . import gguf_cache
 from .adapters import decoder_blocks, prunable_linears
 from .aliases import get_alias, is_alias
 
 GIB = 2**30
-MIB = 2**20
 RUNTIME_BYTES = int(0.5 * GIB)  # Python + torch + transformers, measured on this project's stack
-SCORE_CACHE_BYTES = GIB  # ScoreCache's bound (pruning/score_cache.py)
+#: the phases of a search worker, as automl_prune/phase_log.py measures them (meta.json "phases")
+SEARCH_PHASES = ("load model", "statistics", "objectives", "search", "selection", "final comparison")
 
 
 @dataclass
@@ -100,8 +101,10 @@ def _reads_output_of(name: str) -> bool:
 
 @dataclass
 class Job:
-    """What is done: ``capture`` (statistics), ``prune`` (with ``update`` none / sparsegpt / admm) or
-    ``candidate`` (one search candidate), with its windows and offload."""
+    """What is done: ``load`` (the model, dequantized first when ``dequantize_bytes``, the size of a
+    GGUF file whose float copy is not cached yet), ``capture`` (statistics), ``prune`` (with
+    ``update`` none / sparsegpt / admm) or ``candidate`` (one search candidate), with its windows and
+    offload. ``selection_tokens``: the largest selection stage's tokens (search_phases)."""
 
     kind: str
     offload: str = "none"
@@ -116,6 +119,8 @@ class Job:
     probe_seqlen: int = 512
     fisher_windows: int = 0  # layer_recon's Fisher weighting: probe windows it backpropagates
     heldout_tokens: int = 0  # the final comparison's held-out tokens (their LM-head inputs are kept)
+    dequantize_bytes: int = 0
+    selection_tokens: int = 0
 
 
 @dataclass
@@ -163,6 +168,10 @@ def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
         parts["block"] = (2 * block_bytes, dev)  # the block worked on and the copy read in
         parts["host blocks" if job.offload == "cpu" else "block read"] = (blocks_bytes if job.offload == "cpu" else block_bytes,
                                                                           "host")
+    if job.kind == "load":  # the GGUF file read and one tensor dequantized to float32 at a time beside the model
+        parts["dequantization"] = (job.dequantize_bytes + (shape.vocab * shape.hidden * f32 if job.dequantize_bytes else 0),
+                                   "host")
+        return _estimate(parts, {"statistics cache": 0, "offload folder": 0})
     parts["hidden"] = (2 * tokens * shape.hidden * s, "host" if offloaded else dev)  # offloaded: kept on the host
     parts["block work"] = (batch * job.seqlen * (3 * shape.intermediate + 8 * shape.hidden) * f32
                            + batch * shape.heads * job.seqlen ** 2 * f32, dev)  # attention scores: an upper bound (eager)
@@ -174,9 +183,11 @@ def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
         else:
             parts["scores"] = (largest * (f32 + 8), dev)
     if job.kind == "candidate":
-        parts["grams on device"] = (grams_block * (1 if offloaded else n), dev)
+        # on a CPU device the statistics' float32 Gram matrices are used where they lie: no copy
+        parts["grams on device"] = (0 if job.device == "cpu" else grams_block * (1 if offloaded else n), dev)
         parts["dense copy"] = ((shape.prunable_per_block if offloaded else prunable) * s, dev)
-        parts["score cache"] = (0 if job.offload == "disk" else min(SCORE_CACHE_BYTES, prunable * f32), dev)
+        # filled to its bound: a search meets many metrics, each one's scores (4 bytes a weight) or ranks (2)
+        parts["score cache"] = (0 if job.offload == "disk" else min(SCORE_CACHE_BYTES, 3 * prunable * f32), dev)
         # the dense and pruned LM-head inputs and a pass's hidden states, and a chunk of logits three times over
         parts["probe"] = (3 * job.probe_tokens * shape.hidden * f32 + 3 * 512 * shape.vocab * f32, dev)
         parts["mask bits"] = (prunable // 8, "host")  # the candidate's masks, packed (its mask hash)
@@ -190,12 +201,37 @@ def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
             else:  # one window's backward through the whole model
                 parts["fisher pass"] = (n * job.probe_seqlen * (3 * shape.intermediate + 8 * shape.hidden) * f32
                                         + job.probe_seqlen * shape.vocab * f32 * 2, dev)
-    device = sum(b for b, w in parts.values() if w == "device")
-    host = sum(b for b, w in parts.values() if w == "host")
     disk_parts = {"statistics cache": stats_block * n,  # one entry, a file per block
                   "offload folder": blocks_bytes if job.offload == "disk" and job.kind == "prune" else 0}  # pruned blocks
+    return _estimate(parts, disk_parts)
+
+
+def _estimate(parts: dict[str, tuple[int, str]], disk_parts: dict[str, int]) -> MemoryEstimate:
+    device = sum(b for b, w in parts.values() if w == "device")
+    host = sum(b for b, w in parts.values() if w == "host")
     return MemoryEstimate(device, host, sum(disk_parts.values()), {k: b for k, (b, _) in parts.items()},
                           {k: w for k, (_, w) in parts.items()}, disk_parts)
+
+
+def search_phases(shape: ModelShape, job: Job) -> dict[str, MemoryEstimate]:
+    """The peak of each phase of a search worker (``SEARCH_PHASES``; ``job`` is its candidate job),
+    counting what the earlier phases left in place: the model loaded (and dequantized, on a cold
+    GGUF cache), the statistics captured, the objectives prepared (the dense copy, their references
+    and the Fisher pass, no candidate yet), then candidates (search), the same on the selection's
+    largest stage of fresh tokens, and the final comparison's (with the held-out text)."""
+    candidate = estimate(shape, replace(job, kind="candidate"))
+    before = {"score cache", "mask bits", "grams on device", "held-out"}  # a candidate's own
+    prepared = {k: (b, candidate.where[k]) for k, b in candidate.parts.items() if k not in before}
+    selection = estimate(shape, replace(job, kind="candidate", probe_tokens=max(job.probe_tokens, job.selection_tokens)))
+    return {"load model": estimate(shape, replace(job, kind="load")),
+            "statistics": estimate(shape, replace(job, kind="capture", with_gram=True)),
+            "objectives": _estimate(prepared, candidate.disk_parts),
+            "search": candidate, "selection": selection, "final comparison": candidate}
+
+
+def peak_phase(phases: dict[str, MemoryEstimate]) -> tuple[str, MemoryEstimate]:
+    """The phase whose combined device and host peak is the largest (what a memory check must fit)."""
+    return max(phases.items(), key=lambda kv: (kv[1].device_peak + kv[1].host_peak, kv[1].disk))
 
 
 def model_config(spec: str, cache_dir=None):
@@ -216,6 +252,24 @@ def model_config(spec: str, cache_dir=None):
         return AutoConfig.from_pretrained(str(path) if path.is_dir() else spec)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def gguf_to_dequantize(spec: str, cache_dir=None) -> int:
+    """Bytes of the GGUF file a load of ``spec`` dequantizes first (its float copy is not cached
+    yet: the cold first run), else 0."""
+    path = Path(spec).expanduser()
+    try:
+        if is_alias(spec) and not path.exists():
+            alias = get_alias(spec)
+            root = gguf_cache.default_cache_dir(cache_dir)
+            if alias.sha256 and gguf_cache.is_complete(gguf_cache.cache_folder(root, alias.sha256), alias.sha256):
+                return 0
+            path = alias.locate(root).path
+        if path.is_file() and path.suffix == ".gguf":  # counted as cold: its cache is found by hashing the whole file
+            return path.stat().st_size
+    except (OSError, ValueError, KeyError):
+        return 0
+    return 0
 
 
 def _existing(folder: str | Path) -> Path:

@@ -19,7 +19,6 @@ so no block needs its weights for that.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UserError
+from ..host_memory import trim_host_memory
 from .adapters import decoder_blocks
 
 OFFLOAD_MODES = ("none", "cpu", "disk")
@@ -43,26 +43,6 @@ def check_offload(mode: str) -> str:
     if mode not in OFFLOAD_MODES:
         raise UserError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, not {mode!r}")
     return mode
-
-
-def _libc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-
-
-def trim_host_memory() -> None:
-    """Give the memory freed since the last call back to the system (glibc's ``malloc_trim``).
-    Without it, the heap of a block-streamed run grows by about a block per block: glibc keeps the
-    freed chunks of a released block (its weights, its statistics) among the longer-lived ones and
-    cannot return them (measured: capture of a tiny 32-block Llama from disk, +491 MiB above the
-    loaded model without, +0 with a fixed mmap threshold)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def temporary_folder(parent: str | os.PathLike | None = None) -> Path:

@@ -12,6 +12,7 @@ import torch
 
 from ..candidate_context import CandidateContext
 from ..errors import PruningError
+from ..host_memory import trim_host_memory
 from ..pruning.plan import PruningPlan
 
 
@@ -59,6 +60,13 @@ def score_candidate(ctx: CandidateContext, plan: PruningPlan, objectives: list, 
     single-objective study). ``known`` maps mask hashes to values already measured: a candidate
     whose masks equal an earlier one's reuses them instead of being scored again.
     """
+    try:
+        return _score(ctx, plan, objectives, report, known)
+    finally:
+        trim_host_memory()  # what the candidate freed goes back to the system (host_memory.py)
+
+
+def _score(ctx: CandidateContext, plan: PruningPlan, objectives: list, report, known) -> CandidateScore:
     start = time.perf_counter()
     result = ctx.apply(plan)
     digest = mask_hash(ctx, plan)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import write_text_atomic
 from ..errors import UserError
+from ..phase_log import PhaseLog
 from ..provenance import versions
 from .allocation_phase import run_allocation_phase, selected_trial
 from .config import StudyConfig
@@ -70,7 +72,7 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
         log.warning("trials %s were left running by a driver that stopped: marked failed, their candidates queued again",
                     ", ".join(map(str, orphans)))
     check_polish_studies(config, definition.url)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     memory = search_memory(config)  # before the model loads: a worker that cannot fit is refused with the figures
     ctx, profile, space = load_search(definition, progress=progress)
     if memory is not None:
@@ -80,10 +82,12 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
     state = SearchState(config=config, study=study, space=space, profile=profile, objectives=definition.objectives,
                         ctx=ctx, progress=progress)
     remember_finished(study, state.memo)
+    phases = PhaseLog(ctx.info["phases"])  # per-phase seconds and peak memory, in meta.json
     start = time.perf_counter()
     log.info("search: %s on the %s executor, %d trials finished so far, budget %s trials / %s s", config.searcher.name,
              config.executor, state.finished(), config.budget.trials, config.budget.timeout)
-    evolved = run_searcher(state, url=definition.url).chosen()
+    with phases.phase("search"):
+        evolved = run_searcher(state, url=definition.url).chosen()
     seconds = time.perf_counter() - start
     before = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     finished = state.finished()
@@ -93,16 +97,17 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
                 candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
                 search_seconds_total=running_total(before, "search_seconds", seconds),
                 **({} if state.database_seconds is None else {"database_seconds": state.database_seconds}))
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    write_text_atomic(out / "meta.json", json.dumps(meta, indent=2, default=str))
     log.info("search: %d trials this run in %.0f s, %d finished in the study (%s)", state.new_trials, seconds, finished,
              meta["stopped_by"])
     selection = evolved
     if config.selection is not None:
         start = time.perf_counter()
-        selection = run_selection(state, chosen=None if evolved is None else evolved["selected"], progress=progress)
+        with phases.phase("selection"):
+            selection = run_selection(state, chosen=None if evolved is None else evolved["selected"], progress=progress)
         meta["selection_seconds"] = round(time.perf_counter() - start, 1)
         meta["selection_seconds_total"] = running_total(before, "selection_seconds", meta["selection_seconds"])
-        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_text_atomic(out / "meta.json", json.dumps(meta, indent=2, default=str))
         if selection:
             log.info("selection: trial %d selected (the fast objective's best: trial %d)", selection["selected"],
                      selection["fast_best"])
@@ -110,14 +115,15 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
     if config.allocation_search is not None:  # the joint plan's allocation phase, from the plan selected above
         first = selected_trial(study, selection, state.sign)
         start = time.perf_counter()
-        phase, evolved = run_allocation_phase(state, first, definition.url)
+        with phases.phase("allocation phase"):
+            phase, evolved = run_allocation_phase(state, first, definition.url)
         seconds = round(time.perf_counter() - start, 1)
         meta["allocation_phase"] = dict(study=phase.config.study_name, start_trial=first.number, seconds=seconds,
                                         database_seconds=phase.database_seconds, trials_this_run=phase.new_trials,
                                         finished_trials=phase.finished(), stopped_by=stopped_by(phase.config, phase.spent()),
                                         budget=phase.config.budget.model_dump(), searcher=phase.config.searcher.model_dump(),
                                         seconds_total=running_total(before.get("allocation_phase") or {}, "seconds", seconds))
-        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_text_atomic(out / "meta.json", json.dumps(meta, indent=2, default=str))
         first_phase = (state, selection, first.number)
         selection = evolved
         log.info("allocation phase: trial %s of %s selected (from trial %d of the first phase)",
@@ -128,18 +134,20 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
         result["from_earlier_run"] = True
     if final:
         start = time.perf_counter()
-        polished = polish_front(state, definition.url)
+        with phases.phase("polish"):
+            polished = polish_front(state, definition.url)
         if polished:
             meta["polish_seconds"] = round(time.perf_counter() - start, 1)
             meta["polish_seconds_total"] = running_total(before, "polish_seconds", meta["polish_seconds"])
-            (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+            write_text_atomic(out / "meta.json", json.dumps(meta, indent=2, default=str))
         log.info("final comparison on held-out %s: the chosen plans and the baselines %s", config.heldout.source,
                  ", ".join(config.final.baselines))
-        result = final_comparison(phase or state, polished=polished, selection=selection, first_phase=first_phase,
-                                  progress=progress)
-        (out / "final.json").write_text(json.dumps(result, indent=2, default=str))
+        with phases.phase("final comparison"):
+            result = final_comparison(phase or state, polished=polished, selection=selection, first_phase=first_phase,
+                                      progress=progress)
+        write_text_atomic(out / "final.json", json.dumps(result, indent=2, default=str))
     ctx.restore()
-    return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin(),
+    return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin(meta),
                          delivered=None if phase is None else phase.study)
 
 

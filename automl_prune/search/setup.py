@@ -12,10 +12,13 @@ from ..allocation.profile import ModelProfile
 from ..calibration.dense import dense_statistics
 from ..candidate_context import CandidateContext
 from ..data import calibration_windows, check_source, evaluation_windows
-from ..models.adapters import needs_bos
+from ..models.adapters import needs_bos, prunable_shapes
 from ..models.gguf_cache import default_cache_dir
 from ..models.loading import check_model_spec, load_model, resolve_device, resolve_dtype
-from ..models.memory_model import Job, ModelShape, available, check_fits, estimate, model_config
+from ..models.memory_model import (Job, ModelShape, available, check_fits, gguf_to_dequantize, model_config, peak_phase,
+                                   search_phases)
+from ..phase_log import PhaseLog
+from ..pruning.transfer import model_record
 from .config import StudyConfig
 from .study import Study
 
@@ -26,9 +29,11 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
     """The loaded context of a study: dense one-shot statistics with Gram matrices (cached on disk
     unless ``use_cache`` is False)."""
     check_sources(config)
+    phases = PhaseLog()
     start = time.perf_counter()
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir,
-                        offload=config.offload, offload_folder=config.offload_folder)
+    with phases.phase("load model"):
+        loaded = load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir,
+                            offload=config.offload, offload_folder=config.offload_folder)
     model, tok, device, store = loaded.model, loaded.tokenizer, loaded.info["device"], loaded.store
     log.info("model %s loaded (%.1fM parameters, %s, %.0f s)", config.model, loaded.info.get("n_params", 0) / 1e6, device,
              time.perf_counter() - start)
@@ -44,11 +49,13 @@ def build_context(config: StudyConfig, *, progress: bool = True, use_cache: bool
     heldout = evaluation_windows(h.source, tok, seqlen=h.seqlen, max_windows=h.windows, data_dir=config.data_dir, bos=bos)
     log.info("calibration %s %d x %d, probe %d x %d, held-out %s %d x %d; statistics next", c.source, c.nsamples, c.seqlen,
              p.nsamples, p.seqlen, h.source, heldout.input_ids.shape[0], h.seqlen)
-    stats = dense_statistics(model, calib.input_ids, with_gram=True, device=device, cache_dir=config.cache_dir,
-                             use_cache=use_cache, windows_info=calib.info, progress=progress, store=store)
+    with phases.phase("statistics"):
+        stats = dense_statistics(model, calib.input_ids, with_gram=True, device=device, cache_dir=config.cache_dir,
+                                 use_cache=use_cache, windows_info=calib.info, progress=progress, store=store)
     log.info("statistics: cache %s (%.1f s)", stats.info["cache"], stats.info["seconds"])
     info = dict(model=loaded.info, calibration=calib.info, probe=probe.info, heldout=heldout.info, statistics=stats.info,
-                mode="one-shot", data_dir=config.data_dir)  # data_dir: objectives that read task files (zero_shot)
+                mode="one-shot", data_dir=config.data_dir, phases=phases.phases,  # data_dir: objectives that read task files (zero_shot)
+                plan_model=model_record(config.model, prunable_shapes(model)).model_dump())  # what its plan files record
     return CandidateContext(model=model, stats=stats.stats, probe_ids=probe.input_ids, heldout_ids=heldout.input_ids, calib_ids=calib.input_ids,
                          device=device, tokenizer=tok, info=info, store=store)
 
@@ -61,18 +68,13 @@ def search_memory(config: StudyConfig) -> dict | None:
         log.info("memory: the model's config cannot be read before loading; no memory check")
         return None
     device = str(resolve_device(config.device))
-    c, p, h = config.calibration, config.probe, config.heldout
-    fisher = max((o.params.get("fisher_windows", 4) for o in config.objectives if o.name == "layer_recon"
-                  and str(o.params.get("weighting", "fisher")).startswith("fisher")), default=0)
-    job = Job("candidate", offload=config.offload, device=device,
-              dtype_bytes=torch.empty((), dtype=resolve_dtype(config.dtype)).element_size(),
-              n_windows=c.nsamples, seqlen=c.seqlen, with_gram=True, probe_tokens=p.nsamples * p.seqlen,
-              probe_seqlen=p.seqlen, fisher_windows=min(fisher, p.nsamples),
-              heldout_tokens=(h.windows or 0) * h.seqlen if config.final.top else 0)
-    est = estimate(ModelShape.from_config(shape_config), job)
+    job = worker_job(config, device)
+    phases = search_phases(ModelShape.from_config(shape_config), job)
+    phase, est = peak_phase(phases)  # every phase fits when the largest does (the cold load included)
     ray = config.executor == "ray"
     gpus = config.ray.gpus_per_trial if ray else 1.0
-    log.info("memory per worker (offload: %s, model estimate): %s", config.offload, est.summary(device))
+    log.info("memory per worker (offload: %s, model estimate, largest in the %s phase): %s", config.offload, phase,
+             est.summary(device))
     if config.memory_check:
         have = available(device, gpus=gpus or 1.0, cache_dir=default_cache_dir(config.cache_dir),
                          offload_folder=config.offload_folder)
@@ -81,7 +83,25 @@ def search_memory(config: StudyConfig) -> dict | None:
         check_fits(est, have, what=f"a search worker of {config.model}", offload_hint="offload: disk, or cpu with a GPU",
                    skip_hint="set memory_check: false in the config")
     return dict(device_peak_gib=round(est.device_peak / 2**30, 2), host_peak_gib=round(est.host_peak / 2**30, 2),
-                disk_gib=round(est.disk / 2**30, 2), offload=config.offload)
+                disk_gib=round(est.disk / 2**30, 2), offload=config.offload, peak_phase=phase,
+                phases={name: dict(device_peak_gib=round(e.device_peak / 2**30, 2), host_peak_gib=round(e.host_peak / 2**30, 2))
+                        for name, e in phases.items()})
+
+
+def worker_job(config: StudyConfig, device: str | None = None) -> Job:
+    """What one search worker of ``config`` does, for the memory model: its candidates' windows,
+    objectives, selection stages and held-out text, and the GGUF dequantization of a cold cache."""
+    device = device or str(resolve_device(config.device))
+    c, p, h = config.calibration, config.probe, config.heldout
+    fisher = max((o.params.get("fisher_windows", 4) for o in config.objectives if o.name == "layer_recon"
+                  and str(o.params.get("weighting", "fisher")).startswith("fisher")), default=0)
+    return Job("candidate", offload=config.offload, device=device,
+               dtype_bytes=torch.empty((), dtype=resolve_dtype(config.dtype)).element_size(),
+               n_windows=c.nsamples, seqlen=c.seqlen, with_gram=True, probe_tokens=p.nsamples * p.seqlen,
+               probe_seqlen=p.seqlen, fisher_windows=min(fisher, p.nsamples),
+               heldout_tokens=(h.windows or 0) * h.seqlen if config.final.top else 0,
+               dequantize_bytes=gguf_to_dequantize(config.model, config.cache_dir),
+               selection_tokens=max((st.tokens for st in config.selection.stages), default=0) if config.selection else 0)
 
 
 def check_sources(config: StudyConfig) -> None:
@@ -109,11 +129,14 @@ def load_search(study: Study, *, progress: bool = True, use_cache: bool = True):
     the space bound to the model, and the objectives prepared (dense references computed).
     Returns ``(ctx, profile, bound_space)``."""
     ctx = build_context(study.config, progress=progress, use_cache=use_cache)
-    profile = build_profile(ctx, study.space, cache_dir=study.config.cache_dir)
+    phases = PhaseLog(ctx.info["phases"])
+    with phases.phase("profile"):
+        profile = build_profile(ctx, study.space, cache_dir=study.config.cache_dir)
     space = study.space.bind(profile)
     start = time.perf_counter()
-    for objective in study.objectives:
-        objective.prepare(ctx)
+    with phases.phase("objectives"):
+        for objective in study.objectives:
+            objective.prepare(ctx)
     ctx.info["objectives_prepare_seconds"] = round(time.perf_counter() - start, 3)
     log.info("objectives prepared (%s; %.0f s)", ", ".join(o.name for o in study.objectives), time.perf_counter() - start)
     return ctx, profile, space
