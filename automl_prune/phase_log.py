@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .host_memory import trim_host_memory
+from .host_memory import resident_bytes, trim_host_memory
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
@@ -26,15 +26,6 @@ def peak_bytes() -> int | None:
     """The process's resident high-water mark since the last reset, in bytes (None without /proc)."""
     try:
         found = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
-    except OSError:
-        return None
-    return None if found is None else int(found.group(1)) * 1024
-
-
-def resident_bytes() -> int | None:
-    """The process's resident set now, in bytes (None without /proc)."""
-    try:
-        found = re.search(r"VmRSS:\s+(\d+)\s+kB", _STATUS.read_text())
     except OSError:
         return None
     return None if found is None else int(found.group(1)) * 1024

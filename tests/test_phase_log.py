@@ -52,3 +52,14 @@ def test_a_phase_that_raises_is_still_recorded():
         with log.phase("failing"):
             raise RuntimeError("boom")
     assert "failing" in log.phases
+
+
+def test_the_host_memory_is_trimmed_only_when_it_has_grown_past_the_slack():
+    from automl_prune.host_memory import release_growth, trim_host_memory
+
+    trim_host_memory()
+    assert not release_growth(slack=200 * MIB)  # nothing grew since the trim
+    block = _touch(300)
+    assert release_growth(slack=200 * MIB)  # grew by 300 MiB: trimmed (the block itself is still held)
+    assert not release_growth(slack=200 * MIB)  # measured again from there
+    del block

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..host_memory import SLACK_BYTES
 from ..pruning.score_cache import SCORE_CACHE_BYTES
 from . import gguf_cache
 from .adapters import decoder_blocks, prunable_linears
@@ -191,6 +192,7 @@ def estimate(shape: ModelShape, job: Job) -> MemoryEstimate:
         # the dense and pruned LM-head inputs and a pass's hidden states, and a chunk of logits three times over
         parts["probe"] = (3 * job.probe_tokens * shape.hidden * f32 + 3 * 512 * shape.vocab * f32, dev)
         parts["mask bits"] = (prunable // 8, "host")  # the candidate's masks, packed (its mask hash)
+        parts["freed, kept"] = (SLACK_BYTES, "host")  # what glibc may hold freed before a trim (host_memory.py)
         parts["held-out"] = (job.heldout_tokens * shape.hidden * f32, dev)  # LM-head inputs of the final comparison
         if job.fisher_windows:
             window = job.probe_seqlen * shape.hidden * f32
@@ -220,7 +222,7 @@ def search_phases(shape: ModelShape, job: Job) -> dict[str, MemoryEstimate]:
     and the Fisher pass, no candidate yet), then candidates (search), the same on the selection's
     largest stage of fresh tokens, and the final comparison's (with the held-out text)."""
     candidate = estimate(shape, replace(job, kind="candidate"))
-    before = {"score cache", "mask bits", "grams on device", "held-out"}  # a candidate's own
+    before = {"score cache", "mask bits", "grams on device", "held-out", "freed, kept"}  # a candidate's own
     prepared = {k: (b, candidate.where[k]) for k, b in candidate.parts.items() if k not in before}
     selection = estimate(shape, replace(job, kind="candidate", probe_tokens=max(job.probe_tokens, job.selection_tokens)))
     return {"load model": estimate(shape, replace(job, kind="load")),
@@ -234,19 +236,27 @@ def peak_phase(phases: dict[str, MemoryEstimate]) -> tuple[str, MemoryEstimate]:
     return max(phases.items(), key=lambda kv: (kv[1].device_peak + kv[1].host_peak, kv[1].disk))
 
 
+def _located(spec: str, cache_dir=None) -> tuple[Path | None, Path]:
+    """(the cached float copy of an alias's GGUF file, if complete; the spec's path: an alias's GGUF file)."""
+    path = Path(spec).expanduser()
+    if is_alias(spec) and not path.exists():
+        alias = get_alias(spec)
+        root = gguf_cache.default_cache_dir(cache_dir)
+        if alias.sha256 and gguf_cache.is_complete(gguf_cache.cache_folder(root, alias.sha256), alias.sha256):
+            return gguf_cache.cache_folder(root, alias.sha256), path
+        path = alias.locate(root).path
+    return None, path
+
+
 def model_config(spec: str, cache_dir=None):
     """The config of a model spec, read without its weights; None when it cannot be had cheaply
     (a hub id without a reachable hub)."""
     from transformers import AutoConfig
 
-    path = Path(spec).expanduser()
     try:
-        if is_alias(spec) and not path.exists():
-            alias = get_alias(spec)
-            root = gguf_cache.default_cache_dir(cache_dir)
-            if alias.sha256 and gguf_cache.is_complete(gguf_cache.cache_folder(root, alias.sha256), alias.sha256):
-                return AutoConfig.from_pretrained(str(gguf_cache.cache_folder(root, alias.sha256)))
-            path = alias.locate(root).path
+        cached, path = _located(spec, cache_dir)
+        if cached is not None:
+            return AutoConfig.from_pretrained(str(cached))
         if path.is_file():
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoConfig.from_pretrained(str(path) if path.is_dir() else spec)
@@ -256,20 +266,13 @@ def model_config(spec: str, cache_dir=None):
 
 def gguf_to_dequantize(spec: str, cache_dir=None) -> int:
     """Bytes of the GGUF file a load of ``spec`` dequantizes first (its float copy is not cached
-    yet: the cold first run), else 0."""
-    path = Path(spec).expanduser()
+    yet: the cold first run), else 0. A GGUF path other than an alias's counts as cold: its cache
+    is found by hashing the whole file, too dear for an estimate."""
     try:
-        if is_alias(spec) and not path.exists():
-            alias = get_alias(spec)
-            root = gguf_cache.default_cache_dir(cache_dir)
-            if alias.sha256 and gguf_cache.is_complete(gguf_cache.cache_folder(root, alias.sha256), alias.sha256):
-                return 0
-            path = alias.locate(root).path
-        if path.is_file() and path.suffix == ".gguf":  # counted as cold: its cache is found by hashing the whole file
-            return path.stat().st_size
+        cached, path = _located(spec, cache_dir)
+        return path.stat().st_size if cached is None and path.is_file() and path.suffix == ".gguf" else 0
     except (OSError, ValueError, KeyError):
         return 0
-    return 0
 
 
 def _existing(folder: str | Path) -> Path:

@@ -12,7 +12,7 @@ import torch
 
 from ..candidate_context import CandidateContext
 from ..errors import PruningError
-from ..host_memory import trim_host_memory
+from ..host_memory import release_growth
 from ..pruning.plan import PruningPlan
 
 
@@ -63,7 +63,7 @@ def score_candidate(ctx: CandidateContext, plan: PruningPlan, objectives: list, 
     try:
         return _score(ctx, plan, objectives, report, known)
     finally:
-        trim_host_memory()  # what the candidate freed goes back to the system (host_memory.py)
+        release_growth()  # what glibc holds freed stays bounded (host_memory.py)
 
 
 def _score(ctx: CandidateContext, plan: PruningPlan, objectives: list, report, known) -> CandidateScore:

@@ -14,7 +14,7 @@ from ..allocation.profile import layer_alphas
 from ..candidate_context import CandidateContext
 from ..candidate_stream import candidate_perplexity
 from ..evaluation.zeroshot import ZeroShotSuite
-from ..host_memory import trim_host_memory
+from ..host_memory import release_growth
 from ..models.adapters import needs_bos
 from ..progress import progress_bar
 from ..pruning.methods import ALLOCATION_BASELINES, allocation_baseline_plan, plan_for_method
@@ -40,7 +40,7 @@ class HeldoutEvaluator:
         digest = mask_hash(ctx, plan)
         if digest not in self.memo:
             self.memo[digest] = candidate_perplexity(ctx, ctx.heldout_ids)["ppl"]
-            trim_host_memory()  # as after every candidate (host_memory.py)
+            release_growth()  # as after every candidate (host_memory.py)
         return self.memo[digest], result.realised_sparsity, digest
 
 
