@@ -219,16 +219,20 @@ def search_phases(shape: ModelShape, job: Job) -> dict[str, MemoryEstimate]:
     """The peak of each phase of a search worker (``SEARCH_PHASES``; ``job`` is its candidate job),
     counting what the earlier phases left in place: the model loaded (and dequantized, on a cold
     GGUF cache), the statistics captured, the objectives prepared (the dense copy, their references
-    and the Fisher pass, no candidate yet), then candidates (search), the same on the selection's
-    largest stage of fresh tokens, and the final comparison's (with the held-out text)."""
+    and the Fisher pass, no candidate yet), then candidates (search; the Fisher pass is over by
+    then), the same on the selection's largest stage of fresh tokens, and the final comparison's
+    (with the held-out text)."""
+    def without(est: MemoryEstimate, parts: set[str]) -> MemoryEstimate:
+        return _estimate({k: (b, est.where[k]) for k, b in est.parts.items() if k not in parts}, est.disk_parts)
+
+    own = {"score cache", "mask bits", "grams on device", "held-out", "freed, kept"}  # a candidate's, not yet there
+    prepare = {"fisher", "fisher pass"}  # layer_recon's Fisher weights: computed once, while the objectives are prepared
     candidate = estimate(shape, replace(job, kind="candidate"))
-    before = {"score cache", "mask bits", "grams on device", "held-out", "freed, kept"}  # a candidate's own
-    prepared = {k: (b, candidate.where[k]) for k, b in candidate.parts.items() if k not in before}
     selection = estimate(shape, replace(job, kind="candidate", probe_tokens=max(job.probe_tokens, job.selection_tokens)))
     return {"load model": estimate(shape, replace(job, kind="load")),
             "statistics": estimate(shape, replace(job, kind="capture", with_gram=True)),
-            "objectives": _estimate(prepared, candidate.disk_parts),
-            "search": candidate, "selection": selection, "final comparison": candidate}
+            "objectives": without(candidate, own), "search": without(candidate, prepare),
+            "selection": without(selection, prepare), "final comparison": without(candidate, prepare)}
 
 
 def peak_phase(phases: dict[str, MemoryEstimate]) -> tuple[str, MemoryEstimate]:
