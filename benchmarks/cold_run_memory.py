@@ -83,6 +83,10 @@ def table(result: dict) -> str:
         model = result["model"].get(name)
         ratio = f"{phase['peak_mib'] / model:.2f}" if model else ""
         lines.append(f"| {name} | {phase['seconds']} | {phase['peak_mib']:,} | {'' if model is None else f'{model:,}'} | {ratio} |")
+    for name, mib in (result.get("sampled_phases") or {}).items():  # a phase the run's meta.json lacks (older code)
+        if name not in result["phases"]:
+            model = result["model"].get(name)
+            lines.append(f"| {name} (sampled) | | {mib:,} | {model:,} | {mib / model:.2f} |")
     s = result["search"]
     lines += ["", f"The whole search command: {s['tree_peak_mib']:,} MiB (process tree, sampled every 0.25 s; largest "
                   f"process {s['largest_process_mib']:,} MiB), {s['seconds']:.0f} s."]
@@ -115,7 +119,7 @@ def main() -> int:
         result["search"] = sample_tree(cmd, dict(os.environ, AUTOML_PRUNE_CACHE=str(work / "cache")), work / "search.log")
         (run / "samples.json").write_text(json.dumps({k: result[k] for k in ("search", "install") if k in result}, indent=2))
     else:
-        result.update(json.loads((run / "samples.json").read_text()))
+        result.update(json.loads((run / "samples.json").read_text()))  # may hold sampled_phases: {name: MiB}
     meta = json.loads((run / "meta.json").read_text())
     result["phases"] = meta["phases"]
     result["model"] = estimates(run)

@@ -45,7 +45,7 @@ from .aliases import get_alias, is_alias
 GIB = 2**30
 RUNTIME_BYTES = int(0.5 * GIB)  # Python + torch + transformers, measured on this project's stack
 #: the phases of a search worker, as automl_prune/phase_log.py measures them (meta.json "phases")
-SEARCH_PHASES = ("load model", "statistics", "objectives", "search", "selection", "final comparison")
+SEARCH_PHASES = ("load model", "statistics", "profile", "objectives", "search", "selection", "final comparison")
 
 
 @dataclass
@@ -231,6 +231,7 @@ def search_phases(shape: ModelShape, job: Job) -> dict[str, MemoryEstimate]:
     selection = estimate(shape, replace(job, kind="candidate", probe_tokens=max(job.probe_tokens, job.selection_tokens)))
     return {"load model": estimate(shape, replace(job, kind="load")),
             "statistics": estimate(shape, replace(job, kind="capture", with_gram=True)),
+            "profile": without(candidate, own | prepare | {"probe"}),  # the context (its dense copy) is there
             "objectives": without(candidate, own), "search": without(candidate, prepare),
             "selection": without(selection, prepare), "final comparison": without(candidate, prepare)}
 

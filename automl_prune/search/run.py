@@ -146,6 +146,7 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
             result = final_comparison(phase or state, polished=polished, selection=selection, first_phase=first_phase,
                                       progress=progress)
         write_text_atomic(out / "final.json", json.dumps(result, indent=2, default=str))
+        write_text_atomic(out / "meta.json", json.dumps(meta, indent=2, default=str))  # with the final phase's record
     ctx.restore()
     return write_outputs(study, out, [o.name for o in config.objectives], meta, result, origin=config.plan_origin(meta),
                          delivered=None if phase is None else phase.study)
