@@ -200,10 +200,13 @@ def test_task_names_aliases_and_errors(tmp_path, capsys):
         evaluate_zero_shot(None, None, "piqa", backend="vllm")
     with pytest.raises(UserError, match="missing zero-shot data file"):
         load_docs("piqa", data_dir=tmp_path)
-    # the CLI rejects them before loading the model (which does not exist)
+    # the CLI rejects them before loading the model (a folder that passes the path checks, never loaded)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     for args, expected in ((["--zero-shot", "piqa,nope"], "valid tasks"), (["--zero-shot", "piqa", "--zero-shot-limit", "0"], "limit"),
                            (["--backend", "lm-eval"], "add --zero-shot")):
-        assert main(["eval", "--model", str(tmp_path / "no-such-model"), *args]) == 2
+        assert main(["eval", "--model", str(model), *args]) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err
 
