@@ -39,13 +39,18 @@ def _libc_trim():
 _MALLOC_TRIM = _libc_trim()
 
 
-def resident_bytes() -> int | None:
-    """The process's resident set now, in bytes (None without /proc)."""
+def status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes (None without /proc)."""
     try:
-        found = re.search(r"VmRSS:\s+(\d+)\s+kB", _STATUS.read_text())
+        found = re.search(rf"{field}:\s+(\d+)\s+kB", _STATUS.read_text())
     except OSError:
         return None
     return None if found is None else int(found.group(1)) * 1024
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set now, in bytes (None without /proc)."""
+    return status_bytes("VmRSS")
 
 
 def trim_host_memory() -> None:

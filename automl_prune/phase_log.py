@@ -10,25 +10,19 @@ the system (host_memory.py), so the next phase starts from what the process real
 
 from __future__ import annotations
 
-import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .host_memory import resident_bytes, trim_host_memory
+from .host_memory import resident_bytes, status_bytes, trim_host_memory
 
-_STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
 _open: list[list[int]] = []  # the running peak of every open phase, outermost first
 
 
 def peak_bytes() -> int | None:
     """The process's resident high-water mark since the last reset, in bytes (None without /proc)."""
-    try:
-        found = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
-    except OSError:
-        return None
-    return None if found is None else int(found.group(1)) * 1024
+    return status_bytes("VmHWM")
 
 
 def _reset_peak() -> None:
