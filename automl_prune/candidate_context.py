@@ -32,7 +32,7 @@ from torch import nn
 
 from .calibration.capture import BlockStats
 from .candidate_stream import stream_pass
-from .models.adapters import decoder_blocks, prunable_linears
+from .models.adapters import decoder_blocks, model_linears
 from .pruning.apply import PruneResult, prune_model
 from .pruning.plan import PruningPlan
 from .pruning.score_cache import ScoreCache
@@ -67,9 +67,7 @@ class CandidateContext:
 
     def __post_init__(self) -> None:
         self.blocks = decoder_blocks(self.model)
-        self.modules: dict[str, nn.Linear] = {
-            f"{i}.{n}": lin for i, b in enumerate(self.blocks) for n, lin in prunable_linears(b).items()
-        }
+        self.modules: dict[str, nn.Linear] = model_linears(self.blocks)
         self.dense: dict[str, torch.Tensor] = ({} if self.store is not None else
                                                {k: m.weight.detach().clone() for k, m in self.modules.items()})
         # which stored levels the weights hold now (a dict shared by shallow copies, which share the weights)

@@ -22,7 +22,7 @@ from automl_prune.calibration.dense import dense_statistics
 from automl_prune.data import calibration_windows
 from automl_prune.data.api import fresh_windows
 from automl_prune.evaluation.kl import kl_to_dense
-from automl_prune.models.adapters import decoder_blocks, prunable_linears
+from automl_prune.models.adapters import model_linears
 from automl_prune.models.loading import load_model
 from automl_prune.provenance import environment
 from automl_prune.pruning.apply import prune_model
@@ -68,7 +68,7 @@ def main() -> None:
     fresh = fresh_windows(args.calib, tok, nsamples=args.windows, seqlen=args.seqlen, seed=args.windows_seed, avoid=avoid,
                           data_dir=args.data_dir)
     stats = dense_statistics(model, calib.input_ids, with_gram=True, cache_dir=args.cache_dir, windows_info=calib.info).stats
-    modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
+    modules = model_linears(model)
     dense = {n: m.weight.data.clone() for n, m in modules.items()}
 
     out = Path(args.out or HERE / "results" / f"admm_settings_{round(100 * args.sparsity)}")

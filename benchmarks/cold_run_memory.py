@@ -62,8 +62,8 @@ def estimates(run: Path) -> dict[str, float]:
     from automl_prune.models.aliases import get_alias, is_alias
     from automl_prune.models.gguf_cache import default_cache_dir
     from automl_prune.models.memory_model import ModelShape, model_config, search_phases
-    from automl_prune.search.config import load_config
-    from automl_prune.search.setup import worker_job
+    from automl_prune.search.study.config import load_config
+    from automl_prune.search.execution.setup import worker_job
 
     config = load_config(run / "config.yaml")
     job = worker_job(config)
@@ -107,7 +107,7 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cold-run-"))
     run = Path(args.table) if args.table else work / "run"
-    result = {"config": args.config or "configs/quickstart.yaml", "machine": f"{os.cpu_count()} cores"}
+    result = {"config": args.config or "the packaged quickstart", "machine": f"{os.cpu_count()} cores"}
     if not args.table:
         if args.install:
             venv = work / "venv"

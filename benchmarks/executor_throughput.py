@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from automl_prune.provenance import environment
-from automl_prune.search.config import load_config
+from automl_prune.search.study.config import load_config, preset
 from automl_prune.search.run import run_search
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,7 +43,7 @@ def steady(out: Path) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--config", default=str(preset("quickstart")))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--settings", default="local,ray x1,ray x2")

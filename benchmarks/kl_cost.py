@@ -8,7 +8,7 @@ a search; its metric's scores computed afresh) + the KL. The held-out evaluation
 comparison runs per plan once its masks are applied: perplexity over the held-out windows (16 x
 1,024 tokens by default).
 
-    python benchmarks/kl_cost.py --config configs/quickstart.yaml
+    python benchmarks/kl_cost.py            # the packaged quickstart (automl_prune/presets/quickstart.yaml)
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from automl_prune.evaluation.perplexity import perplexity
 from automl_prune.provenance import environment
 from automl_prune.pruning.methods import plan_for_method
-from automl_prune.search.config import load_config
-from automl_prune.search.setup import build_context
+from automl_prune.search.study.config import load_config, preset
+from automl_prune.search.execution.setup import build_context
 from objectives import make_objective
 from setup_args import add_device, synchronize, write_results
 
@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--config", default=str(preset("quickstart")))
     ap.add_argument("--data-dir", default=None)
     add_device(ap)
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 8192], help="probe tokens per KL call")

@@ -30,9 +30,10 @@ from scipy.stats import spearmanr
 from automl_prune.evaluation.perplexity import perplexity
 from automl_prune.provenance import environment
 from automl_prune.pruning.methods import plan_for_method
-from automl_prune.search.candidate import mask_hash
-from automl_prune.search.config import CalibrationConfig, HeldoutConfig, ProbeConfig, StudyConfig
-from automl_prune.search.setup import build_context
+from automl_prune.search.execution.candidate import mask_hash
+from automl_prune.data.settings import Calibration, Heldout
+from automl_prune.search.study.config import ProbeConfig, StudyConfig
+from automl_prune.search.execution.setup import build_context
 from objectives import make_objective
 from objectives import probe as P
 from search_spaces import make_space, suggest
@@ -180,9 +181,9 @@ def main() -> None:
 
     variants = [v for v in VARIANTS if args.only is None or v[0] in args.only.split(",")]
     config = StudyConfig(model=args.model, data_dir=args.data_dir,
-                         calibration=CalibrationConfig(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=0),
+                         calibration=Calibration(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=0),
                          probe=ProbeConfig(nsamples=args.probe_nsamples, seqlen=args.seqlen, seed=1),
-                         heldout=HeldoutConfig(source=args.heldout, seqlen=args.heldout_seqlen, windows=args.heldout_windows))
+                         heldout=Heldout(source=args.heldout, seqlen=args.heldout_seqlen, windows=args.heldout_windows))
     ctx = build_context(config)
     objectives = []
     for label, name, params in variants:

@@ -24,12 +24,12 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 from automl_prune.pruning.plan import PruningPlan
-from automl_prune.search.candidate import score_candidate
-from automl_prune.search.config import load_config, on_windows
-from automl_prune.search.final import HeldoutEvaluator
-from automl_prune.search.polish import point_config
-from automl_prune.search.setup import build_context
-from automl_prune.search.study import Study
+from automl_prune.search.execution.candidate import score_candidate
+from automl_prune.search.study.config import load_config, on_windows
+from automl_prune.search.phases.final import HeldoutEvaluator
+from automl_prune.search.phases.polish import point_config
+from automl_prune.search.execution.setup import build_context
+from automl_prune.search.study.definition import Study
 
 HERE = Path(__file__).resolve().parent
 

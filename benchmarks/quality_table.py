@@ -34,14 +34,12 @@ from pathlib import Path
 import yaml
 from setup_args import add_model_and_data, previous_report
 
+from automl_prune import api
 from automl_prune.allocation.profile import ModelProfile
-from automl_prune.calibration.dense import dense_statistics
-from automl_prune.data import calibration_windows, evaluation_windows
+from automl_prune.data import evaluation_windows
 from automl_prune.evaluation.perplexity import perplexity
 from automl_prune.evaluation.zeroshot.suite import ZeroShotSuite
-from automl_prune.models.loading import load_model
 from automl_prune.provenance import environment
-from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.methods import plan_for_method
 from automl_prune.pruning.plan import PruningPlan
 from search_spaces import make_space
@@ -129,13 +127,14 @@ def main() -> None:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
 
     searched = yaml.safe_load(Path(args.searched).read_text())
-    loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
+    loaded = api.load(args.model, device="cpu", cache_dir=args.cache_dir)
     model, tok = loaded.model, loaded.tokenizer
-    calib = calibration_windows(args.calib, tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, data_dir=args.data_dir)
-    evalw = evaluation_windows(args.eval, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=args.data_dir)
     t = time.perf_counter()
-    computed = dense_statistics(model, calib.input_ids, with_gram=True, cache_dir=args.cache_dir, windows_info=calib.info)
+    computed = api.calibrate(loaded, api.Calibration(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed),
+                            data_dir=args.data_dir, bos=False, cache_dir=args.cache_dir)  # bos=False: as this table was measured
     capture_s = time.perf_counter() - t
+    calib = computed.windows
+    evalw = evaluation_windows(args.eval, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=args.data_dir)
     profile = ModelProfile.build(model, computed.stats, with_alphas=False)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     suite = ZeroShotSuite("all", tok, limit=args.zero_shot_limit, data_dir=args.data_dir) if args.zero_shot_limit else None
@@ -170,10 +169,7 @@ def main() -> None:
                 plan = plan_of(method, target, variant, searched, profile)
                 model.load_state_dict(dense_state)
                 t = time.perf_counter()
-                if variant == "sequential":
-                    result = prune_model(model, plan, calib.input_ids, progress=False)
-                else:
-                    result = prune_model(model, plan, stats=computed.stats, progress=False)
+                result = api.prune(loaded, plan, statistics=computed, data_dir=args.data_dir, say=lambda line: None, progress=False)
                 seconds = time.perf_counter() - t
                 if cell is None:
                     ppl = perplexity(model, evalw.input_ids, desc=f"{method} {target} {variant}")["ppl"]

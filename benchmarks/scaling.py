@@ -31,9 +31,9 @@ from automl_prune.models.loading import resolve_device
 from automl_prune.provenance import environment
 from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from automl_prune.models.loading import load_model
-from automl_prune.search.config import load_config
-from automl_prune.search.setup import load_search
-from automl_prune.search.study import Study
+from automl_prune.search.study.config import load_config
+from automl_prune.search.execution.setup import load_search
+from automl_prune.search.study.definition import Study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = re.compile(r"^tiny-(\d+)x(\d+)$")

@@ -28,10 +28,10 @@ import optuna
 import torch
 
 from automl_prune.provenance import environment
-from automl_prune.search.candidate import score_candidate
-from automl_prune.search.config import load_config
-from automl_prune.search.setup import load_search
-from automl_prune.search.study import Study
+from automl_prune.search.execution.candidate import score_candidate
+from automl_prune.search.study.config import load_config
+from automl_prune.search.execution.setup import load_search
+from automl_prune.search.study.definition import Study
 from search_spaces import suggest
 from setup_args import add_device, synchronize
 

@@ -65,15 +65,13 @@ class Target:
 
     def plan(self, extra: list[str]):
         """The plan a row's ``automl-prune prune`` arguments describe, carried over as the CLI does."""
-        from automl_prune.cli.prune_cmd import build_plan
+        from automl_prune.api import as_plan
         from automl_prune.pruning.transfer import transfer_plan
 
-        keys = ("method", "plan", "sparsity", "pattern", "mode", "update", "refine", "permute", "transfer")
-        args = argparse.Namespace(**dict.fromkeys(keys))
-        for flag, value in zip(extra[::2], extra[1::2]):
-            setattr(args, flag[2:], float(value) if flag == "--sparsity" else value)
-        plan = build_plan(args)
-        return transfer_plan(plan, self.shapes, args.transfer, self.args.model)[0] if args.transfer else plan
+        given = {flag[2:]: float(value) if flag == "--sparsity" else value for flag, value in zip(extra[::2], extra[1::2])}
+        what, transfer = given.pop("method", None) or given.pop("plan"), given.pop("transfer", None)
+        plan = as_plan(what, **given)
+        return transfer_plan(plan, self.shapes, transfer, self.args.model)[0] if transfer else plan
 
     def run_row(self, extra: list[str]) -> dict:
         from automl_prune.evaluation.perplexity import perplexity

@@ -33,6 +33,16 @@ class Objective(ABC):
     def prepare(self, ctx: CandidateContext) -> None:  # noqa: B027 - optional hook
         """Compute what every candidate shares (default: nothing)."""
 
+    def not_streamable(self) -> str | None:
+        """Why it cannot score a model streamed block by block (offload: cpu | disk), or None when
+        it can (default). The study config refuses an offloaded study with such an objective."""
+        return None
+
+    def backward_windows(self) -> int:
+        """Probe windows it runs a backward pass on, once per context (the memory model counts
+        them; default none)."""
+        return 0
+
     def probe_windows_read(self) -> int | None:
         """How many probe windows it reads, when it is told (None: all there are, or none)."""
         return None

@@ -157,6 +157,14 @@ class LayerRecon(Objective):
         self.fisher_seqlen = check_positive_int(self.name, "fisher_seqlen", fisher_seqlen)
         self.fisher_labels = check_choice(self.name, "fisher_labels", fisher_labels, ("data", "model"))
 
+    def not_streamable(self) -> str | None:
+        if self.sketch is not None:
+            return "layer_recon's sketch factorises every Gram matrix once per context (leave 'sketch' out)"
+        return None
+
+    def backward_windows(self) -> int:
+        return self.fisher_windows if self.weighting.startswith("fisher") else 0
+
     # ----- once per context ---------------------------------------------------------------------
     def _groups(self, ctx: CandidateContext) -> list[tuple[list[str], torch.Tensor, int]]:
         """(layer names sharing one input, their Gram matrix, calibration token count)."""

@@ -46,6 +46,9 @@ class ZeroShot(Objective):
         self.batch_size = check_positive_int(self.name, "batch_size", batch_size, optional=False)
         self.data_dir = data_dir
 
+    def not_streamable(self) -> str | None:
+        return "zero-shot tasks run the whole model (objective zero_shot)"
+
     def _data_dir(self, ctx: CandidateContext) -> str | None:
         return self.data_dir if self.data_dir is not None else ctx.info.get("data_dir")
 

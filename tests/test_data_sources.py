@@ -109,14 +109,14 @@ def test_a_study_refuses_a_bad_source_before_loading_the_model(tmp_path, tiny_ll
                                                               field, role):
     from study_configs import tiny_study_config
 
-    from automl_prune.search.config import load_config
-    from automl_prune.search.setup import build_context
+    from automl_prune.search.study.config import load_config
+    from automl_prune.search.execution.setup import build_context
 
     bad = _write(tmp_path / "bad.jsonl", '{"body": "words"}\n')
     base = {"calibration": {"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 0},
             "probe": {"nsamples": 2, "seqlen": 64, "seed": 1},
             "heldout": {"source": "wikitext2", "seqlen": 128, "windows": 2}}
-    calls = _spy_load_model(monkeypatch, "automl_prune.search.setup.load_model")
+    calls = _spy_load_model(monkeypatch, "automl_prune.search.execution.setup.load_model")
     config = load_config(tiny_study_config(tmp_path, tiny_llama_dir, data_dir, **base))
     with pytest.raises(_Reached):  # good sources: the model loads next
         build_context(config, progress=False)

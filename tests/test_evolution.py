@@ -17,9 +17,10 @@ from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.database import LevelDatabase
 from automl_prune.pruning.levels import default_step, exact_extras, ladder
 from automl_prune.pruning.plan import PruningPlan
-from automl_prune.search.config import load_config
-from automl_prune.search.evolution import ATTR, level_switch
+from automl_prune.search.study.config import load_config
+from automl_prune.search.searchers.evolution import ATTR, level_switch
 from automl_prune.search.run import run_search
+from reference import pruned_at
 from study_configs import tiny_study_config
 
 WANDA = {"name": "bawa", "forms": ["product"], "alpha": [0, 0], "beta": [0, 0], "gamma": [1, 1], "norms": ["l2"],
@@ -35,15 +36,15 @@ def test_ladder_steps_are_whole_rows_and_the_level_switch_keeps_the_exact_count(
     ladders = {f"l{i}": ladder(r, c, s, step, 8, "row") for i, ((r, c), s) in enumerate(zip(shapes, [0.7, 0.62, 0.75, 0.7]))}
     for lad in ladders.values():
         assert lad.low <= 0 <= lad.high and all(0 <= z < lad.group_size for z in lad.zeros)
-        assert all(lad.pruned_at(lv + 1) - lad.pruned_at(lv) == step for lv in range(lad.low, lad.high))
-    base = sum(lad.pruned_at(0) for lad in ladders.values())
+        assert all(pruned_at(lad, lv + 1) - pruned_at(lad, lv) == step for lv in range(lad.low, lad.high))
+    base = sum(pruned_at(lad, 0) for lad in ladders.values())
     rng = random.Random(0)
     levels = {k: 0 for k in ladders}
     bounds = {k: (v.low, v.high) for k, v in ladders.items()}
     for _ in range(200):
         levels = level_switch(levels, bounds, rng)
         assert all(bounds[k][0] <= v <= bounds[k][1] for k, v in levels.items())
-        assert sum(ladders[k].pruned_at(v) for k, v in levels.items()) == base  # exact, not approximate
+        assert sum(pruned_at(ladders[k], v) for k, v in levels.items()) == base  # exact, not approximate
     assert any(levels.values())
 
 
@@ -56,15 +57,15 @@ def test_the_base_allocation_prunes_the_targets_total_although_rows_round_down(g
     shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)] * 30
     total = sum(r * c for r, c in shapes)
     step = default_step(shapes, 0.6, 5, group)
-    plain = sum(ladder(r, c, 0.6, step, 5, group).pruned_at(0) for r, c in shapes)
+    plain = sum(pruned_at(ladder(r, c, 0.6, step, 5, group), 0) for r, c in shapes)
     extras = exact_extras([(r, c, 0.6) for r, c in shapes], group)
     exact = [ladder(r, c, 0.6, step, 5, group, e) for (r, c), e in zip(shapes, extras)]
-    pruned = sum(lad.pruned_at(0) for lad in exact)
+    pruned = sum(pruned_at(lad, 0) for lad in exact)
     if group == "row":
         assert 0.6 * total - plain > 0.0008 * total  # the rounding this fixes
     assert 0 <= 0.6 * total - pruned < 192
     assert set(extras) <= {0, 1}
-    assert all(lad.pruned_at(1) - lad.pruned_at(0) == step for lad in exact if lad.high >= 1)
+    assert all(pruned_at(lad, 1) - pruned_at(lad, 0) == step for lad in exact if lad.high >= 1)
 
 
 def _database(calibrated, tmp_path, plan, levels=2):
@@ -121,7 +122,7 @@ def test_swapped_layers_equal_pruned_layers(calibrated, tmp_path, update):
     prune_model(model, per_layer, stats=stats, progress=False)
     for k, m in mods.items():
         assert torch.equal(m.weight, swapped[k]), k
-        assert int((m.weight == 0).sum()) == ladders[k].pruned_at(levels[k])
+        assert int((m.weight == 0).sum()) == pruned_at(ladders[k], levels[k])
     for k, m in mods.items():
         m.weight.data.copy_(dense[k])
     # another metric or a sparsity off the ladders is pruned, not swapped

@@ -98,12 +98,30 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def layer(module: str) -> str:
-    """The layer a module belongs to: the core package, the two plug-in packages, the search, the CLI."""
+    """The layer a module belongs to: the core package, the two plug-in packages, the search, the
+    Python API (automl_prune/api.py and the package's face, which hands its names on), the CLI."""
+    if module in ("automl_prune", "automl_prune.api"):
+        return "api"
     for prefix, name in (("automl_prune.search", "search"), ("automl_prune.cli", "cli"), ("automl_prune.__main__", "cli"),
                          ("objectives", "objectives"), ("search_spaces", "search_spaces")):
         if module == prefix or module.startswith(prefix + "."):
             return name
     return "core"
+
+
+#: the parts of automl_prune/search/, lowest first: a part imports only the parts below it (and itself)
+SEARCH_PARTS = ("study", ("execution", "outputs"), "searchers", "phases", "run")
+
+
+def search_part(module: str) -> int | None:
+    """The rank of a module of automl_prune/search/ in SEARCH_PARTS (execution and outputs share one)."""
+    parts = module.split(".")
+    if parts[:2] != ["automl_prune", "search"] or len(parts) < 3:
+        return None
+    for rank, names in enumerate(SEARCH_PARTS):
+        if parts[2] in ((names,) if isinstance(names, str) else names):
+            return rank
+    raise AssertionError(f"{module} is in no part of automl_prune/search/ (SEARCH_PARTS)")
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -118,14 +136,35 @@ def test_no_import_cycle_between_files():
 
 
 def test_the_layers_import_downwards_only():
-    """core <- objectives, search_spaces <- search <- cli: the core imports none of the others, the
-    plug-in packages only the core (and search_spaces not objectives, nor the reverse)."""
+    """core <- objectives, search_spaces <- search <- api <- cli: the core imports none of the others,
+    the plug-in packages only the core (and search_spaces not objectives, nor the reverse)."""
     graph, _ = _graph()
     allowed = {"core": {"core"}, "objectives": {"core", "objectives"}, "search_spaces": {"core", "search_spaces"},
                "search": {"core", "objectives", "search_spaces", "search"},
-               "cli": {"core", "objectives", "search_spaces", "search", "cli"}}
+               "api": {"core", "objectives", "search_spaces", "search", "api"},
+               "cli": {"core", "objectives", "search_spaces", "search", "api", "cli"}}
     wrong = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer(b) not in allowed[layer(a)])
     assert wrong == []
+
+
+def test_the_parts_of_the_search_import_downwards_only():
+    """Inside automl_prune/search/: study <- execution, outputs <- searchers <- phases <- run. The
+    study (config, storage, state) knows nothing of how candidates are scored; the execution and the
+    outputs nothing of the searchers; the searchers nothing of the phases that run them; execution
+    and outputs nothing of each other."""
+    graph, _ = _graph()
+    ranked = {m: search_part(m) for m in graph if search_part(m) is not None}
+    assert {m.split(".")[2] for m in ranked} >= {"study", "execution", "outputs", "searchers", "phases", "run"}
+    wrong = sorted(f"{a} -> {b}" for a in ranked for b in graph[a] if b in ranked and a.split(".")[2] != b.split(".")[2]
+                   and ranked[b] >= ranked[a])
+    assert wrong == []
+
+
+def test_the_search_part_check_finds_an_upward_import():
+    assert search_part("automl_prune.search.study.state") < search_part("automl_prune.search.phases.final")
+    assert search_part("automl_prune.search.execution.worker") == search_part("automl_prune.search.outputs.report")
+    with pytest.raises(AssertionError):
+        search_part("automl_prune.search.elsewhere")
 
 
 def test_every_deferred_project_import_says_why():

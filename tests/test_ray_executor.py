@@ -22,7 +22,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from automl_prune.search.config import load_config
+from automl_prune.search.study.config import load_config
 from automl_prune.search.run import run_search
 from own_ray import OwnRay
 from study_configs import tiny_study_config
@@ -85,7 +85,7 @@ def test_a_local_instance_neither_joins_nor_ends_another_ray_on_the_machine(own_
     """Another Ray on the machine (as a user starts one: `ray start --head`, its own temp dir): a
     driver sharing its temp dir would join it (the control), the executor's local instance in the
     test's own dir starts a cluster of its own, and ending the test's Ray leaves the other running."""
-    from automl_prune.search.ray_executor import connect
+    from automl_prune.search.execution.ray_executor import connect
 
     other = OwnRay()
     try:

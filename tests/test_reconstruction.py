@@ -19,12 +19,12 @@ from automl_prune.models.adapters import decoder_blocks, prunable_linears
 from automl_prune.pruning.admm import admm_prune, cubic_schedule
 from automl_prune.pruning.apply import prune_model
 from automl_prune.pruning.dsnot import dsnot_refine
-from automl_prune.pruning.masks import check_nm, nm_mask, per_row_counts, unstructured_mask
+from automl_prune.pruning.masks import check_nm, nm_mask, unstructured_mask
 from automl_prune.pruning.methods import plan_for_method
-from automl_prune.pruning.permutation import (check_permuted_nm, heuristic_order, nm_permutation, nm_retained,
-                                             permuted_nm_mask)
+from automl_prune.pruning.permutation import heuristic_order, nm_permutation, nm_retained, permuted_nm_mask
 from automl_prune.pruning.plan import PruningPlan
 from automl_prune.pruning.sparsegpt import sparsegpt_prune
+from reference import check_permuted_nm, per_row_counts
 
 OUT, IN = 48, 192
 
@@ -361,8 +361,8 @@ def test_a_study_searches_the_weight_update(tmp_path, tiny_llama_dir, data_dir):
     from optuna.trial import TrialState
     from study_configs import tiny_study_config
 
-    from automl_prune.search.config import load_config
-    from automl_prune.search.storage import storage_url, study_name
+    from automl_prune.search.study.config import load_config
+    from automl_prune.search.study.storage import storage_url, study_name
     from automl_prune.search.run import run_search
 
     space = {"metric": {"name": "bawa"}, "pattern": {"name": "unstructured", "sparsity": 0.5},

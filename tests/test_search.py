@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,8 +14,8 @@ from optuna.trial import TrialState
 
 from automl_prune.errors import UserError
 from automl_prune.pruning.plan import PruningPlan
-from automl_prune.search.config import load_config
-from automl_prune.search.polish import front_starts
+from automl_prune.search.study.config import load_config
+from automl_prune.search.phases.polish import front_starts
 from automl_prune.search.run import run_search
 from study_configs import tiny_front_config, tiny_study_config
 
@@ -134,7 +133,7 @@ def test_allocation_search_compares_with_owl_and_plots_layerwise(tmp_path, tiny_
 
 
 def test_report_names_the_searcher_settings_that_apply():
-    from automl_prune.search.searcher_configs import summary as searcher_text
+    from automl_prune.search.study.searcher_configs import summary as searcher_text
 
     tpe = {"name": "tpe", "seed": 0, "population": 20, "n_startup_trials": 10, "seed_named_points": True}
     assert searcher_text(tpe) == "tpe (seed 0, n startup trials 10)"
@@ -156,7 +155,7 @@ def _copy(run, tmp_path):
 def test_polishing_a_sparsity_front_per_point(polished_front):
     import json
 
-    from automl_prune.search.results import change_vs_baseline
+    from automl_prune.search.study.results import change_vs_baseline
 
     path, out = polished_front
     storage = f"sqlite:///{out / 'study.db'}"
@@ -291,15 +290,15 @@ def test_objectives_read_no_more_probe_windows_than_the_probe_has(tmp_path, tiny
 
 
 def test_report_says_when_the_timeout_cut_the_budget_and_reads_history_on_a_log_axis():
-    from automl_prune.search.plots import history_scale
-    from automl_prune.search.report import budget_lines
+    from automl_prune.search.outputs.plots import history_scale
+    from automl_prune.search.outputs.report import budget_lines
 
     cut = " ".join(budget_lines({"budget": {"trials": 80, "timeout": 360.0}, "stopped_by": "timeout", "finished_trials": 62}))
     assert "timeout (360 s) after 62 of 80 trials" in cut and "Run the same command again" in cut
     assert "spent" in " ".join(budget_lines({"budget": {"trials": 80}, "stopped_by": "trials", "finished_trials": 80}))
     assert history_scale([1.2, 1.3, 400.0]) == "log" and history_scale([1.2, 1.3, 1.5]) == "linear"
     assert history_scale([-1.0, 2.0]) == "linear"
-    from automl_prune.search.plots import clipped_view
+    from automl_prune.search.outputs.plots import clipped_view
 
     low, top = clipped_view([1.50 + 0.01 * i for i in range(18)] + [2.9, 4.3])  # two outliers far above the band
     assert 1.4 < low < 1.5 and 1.6 < top < 1.9
@@ -318,21 +317,12 @@ def test_polishing_starts_from_the_fronts_best_trials_whichever_the_direction(di
     assert [n for n, _ in starts] == ([1, 2] if direction == "minimize" else [3, 0])
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
-def test_every_shipped_config_is_valid(path):
-    """Each config in configs/ passes the whole validation (fields, spaces, objectives, stages,
-    evolution and allocation-phase checks) that runs before a model is loaded."""
-    config = load_config(path)
-    assert config.objectives and config.budget.trials or config.budget.timeout
-
-
 def test_a_config_of_an_older_study_with_the_flat_searcher_settings_still_loads_and_resumes():
     """Studies written before each searcher had its own settings stored every setting for every
     searcher (at its default): their config.yaml loads, and the fingerprint keeps that flat form."""
-    from automl_prune.search.config import StudyConfig
-    from automl_prune.search.fingerprint import study_fingerprint
-    from automl_prune.search.searcher_configs import FLAT_DEFAULTS
+    from automl_prune.search.study.config import StudyConfig
+    from automl_prune.search.study.fingerprint import study_fingerprint
+    from automl_prune.search.study.searcher_configs import FLAT_DEFAULTS
 
     flat = {**FLAT_DEFAULTS, "name": "nsga3", "population": 8}
     config = StudyConfig.model_validate({"searcher": flat})

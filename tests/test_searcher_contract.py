@@ -1,4 +1,4 @@
-"""The searcher contract (search/searcher.py), as Optuna tests its samplers: every searcher on every
+"""The searcher contract (search/searchers/base.py), as Optuna tests its samplers: every searcher on every
 evaluator (in this process; a pool of Ray workers on a real local Ray instance) is seeded
 (two fresh studies give the same trials), starts with the named points, resumes from the study
 alone (a larger budget keeps every finished trial and scores nothing twice), and fails a failing
@@ -14,9 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 import flaky_objective  # noqa: F401  (registers test_flaky here; the Ray workers import it in their setup hook)
-from automl_prune.search.config import load_config
+from automl_prune.search.study.config import load_config
 from automl_prune.search.run import run_search
-from automl_prune.search.searchers import SEARCHERS
+from automl_prune.search.searchers.registry import SEARCHERS
 from study_configs import tiny_study_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",

@@ -12,8 +12,8 @@ import yaml
 
 from automl_prune.data.windows import windows_sha256
 from automl_prune.errors import UserError
-from automl_prune.search import selection as S
-from automl_prune.search.config import load_config
+from automl_prune.search.execution import scoring as SC
+from automl_prune.search.study.config import load_config
 from automl_prune.search.run import run_search
 from study_configs import tiny_study_config
 
@@ -47,13 +47,13 @@ def test_fresh_windows_overlap_no_calibration_or_probe_window(smollm2_tokenizer,
 
 def test_selection_stages_pick_the_plan_and_a_rerun_scores_nothing_again(tmp_path, tiny_llama_dir, data_dir, monkeypatch):
     seen: list[tuple[int, str]] = []
-    real = S.score_candidate
+    real = SC.score_candidate
 
     def spy(ctx, plan, objectives, **kw):
         seen.append((ctx.probe_ids.shape[1] * ctx.probe_ids.shape[0], windows_sha256(ctx.probe_ids)))
         return real(ctx, plan, objectives, **kw)
 
-    monkeypatch.setattr(S, "score_candidate", spy)
+    monkeypatch.setattr(SC, "score_candidate", spy)
     path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, selection=STAGES, budget={"trials": 12},
                              final={"top": 1, "fidelity_sample": 3, "baselines": ["wanda"]})
     out = tmp_path / "run"
@@ -93,13 +93,13 @@ def test_stage_reconstruction_updates_the_survivors_only_and_the_delivered_plan(
     """selection.reconstruction: the search's trials stay mask-only (cheap), every candidate a stage
     scores is updated (ADMM), and the plan the study delivers (best.yaml, final rows) carries it."""
     staged: list[tuple[str, bool]] = []
-    real = S.score_candidate
+    real = SC.score_candidate
 
     def spy(ctx, plan, objectives, **kw):
         staged.append((plan.update, plan.admm.gradual))
         return real(ctx, plan, objectives, **kw)
 
-    monkeypatch.setattr(S, "score_candidate", spy)
+    monkeypatch.setattr(SC, "score_candidate", spy)
     recon = {"update": "admm", "admm": {"gradual": True, "iterations": 4, "gradual_iterations": 3}}
     path = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, selection={**STAGES, "reconstruction": recon},
                              budget={"trials": 8}, final={"top": 1, "fidelity_sample": 0, "baselines": ["wanda"]})

@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from automl_prune.cli import main
 from automl_prune.errors import UserError
-from automl_prune.search.config import load_config
+from automl_prune.search.study.config import load_config
 from automl_prune.search.run import run_search
-from automl_prune.search.storage import STALE, masked
+from automl_prune.search.study.storage import STALE, masked
 from study_configs import tiny_front_config, tiny_study_config
 
 NO_FINAL = {"top": 0, "fidelity_sample": 0, "baselines": []}
@@ -135,7 +135,7 @@ def test_a_study_of_another_experiment_is_refused_before_the_model_loads(tmp_pat
     before = {p: (out / p).read_bytes() for p in ("config.yaml", "meta.json")}
     trials_before = [(t.number, t.state, t.values) for t in _study(out).get_trials()]
     loaded = []
-    monkeypatch.setattr("automl_prune.search.setup.load_model", lambda *a, **k: loaded.append(1))  # only observes
+    monkeypatch.setattr("automl_prune.search.execution.setup.load_model", lambda *a, **k: loaded.append(1))  # only observes
     other = tiny_study_config(tmp_path, tiny_llama_dir, data_dir, name="other.yaml", budget={"trials": 6}, final=NO_FINAL,
                               calibration={"source": "c4", "nsamples": 4, "seqlen": 64, "seed": 5})
     capsys.readouterr()
@@ -240,7 +240,7 @@ def test_masked_hides_the_password():
 
 
 def test_user_error_is_what_a_refusal_raises(tmp_path):
-    from automl_prune.search.lock import FileLock
+    from automl_prune.search.study.lock import FileLock
 
     first = FileLock(tmp_path / "x.lock", "the study").acquire()
     with pytest.raises(UserError, match=f"pid {os.getpid()}"):
@@ -252,7 +252,7 @@ def test_user_error_is_what_a_refusal_raises(tmp_path):
 def test_a_lease_in_a_server_storage_refuses_a_second_driver_until_released_or_expired(tmp_path):
     """The lease used for storages without a lock file (PostgreSQL, MySQL), here on a real SQLite
     storage: one holder at a time; an expired lease (its driver died) is taken over."""
-    from automl_prune.search import lock as L
+    from automl_prune.search.study import lock as L
 
     waits = []  # the lease's own sleep (nothing global is patched): recorded, not waited
 

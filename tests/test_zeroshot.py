@@ -277,7 +277,7 @@ def test_zero_shot_objective_parameters():
 def test_zero_shot_objective_in_a_tiny_study(tmp_path, tiny_llama_dir, data_dir):
     import optuna
 
-    from automl_prune.search.config import load_config
+    from automl_prune.search.study.config import load_config
     from automl_prune.search.run import run_search
     from study_configs import tiny_study_config
 

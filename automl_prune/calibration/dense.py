@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..models.adapters import decoder_blocks, prunable_linears
-from .blocks import BlockRunner
-from ..models.gguf_cache import default_cache_dir
 from ..errors import UserError
+from ..models.adapters import decoder_blocks, prunable_linears
+from ..models.gguf_cache import default_cache_dir
+from .blocks import BlockRunner
 from .cache import StatsWriter, cache_key, load_stats, model_fingerprint, save_stats
 from .capture import BlockStats, capture_statistics
 
@@ -96,3 +96,19 @@ def _sha(t: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.sha256(t.cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def calibrate(model: nn.Module, tokenizer, calibration, *, data_dir=None, bos: bool = False, with_gram: bool = True,
+              batch_size: int = 4, device: torch.device | str = "cpu", cache_dir=None, use_cache: bool = True,
+              progress: bool = True, store=None):
+    """The windows of ``calibration`` (data/settings.Calibration) and the dense statistics on them:
+    the one load -> windows -> statistics sequence of the Python API's ``calibrate`` and the search's
+    context. Returns ``(windows, StatisticsResult)``."""
+    from ..data import calibration_windows  # deferred: the data sources load only when windows are cut
+
+    c = calibration
+    windows = calibration_windows(c.source, tokenizer, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed, data_dir=data_dir,
+                                  split=c.split, text_field=c.text_field, bos=bos)
+    return windows, dense_statistics(model, windows.input_ids, with_gram=with_gram, batch_size=batch_size, device=device,
+                                     cache_dir=cache_dir, use_cache=use_cache, windows_info=windows.info, progress=progress,
+                                     store=store)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .. import __version__
+from ..version import __version__
 from ..errors import PruningError, UserError
 from . import eval_cmd, prune_cmd, search_cmd, stats_cmd
 

@@ -7,9 +7,6 @@ import os
 
 from ..errors import UserError
 
-QUICK = dict(nsamples=32, seqlen=512, eval_seqlen=1024, eval_windows=16)
-
-
 def add_model_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=required, metavar="M",
@@ -29,34 +26,6 @@ def add_offload_options(p: argparse.ArgumentParser) -> None:
                    help="where --offload disk writes the blocks it changes (default: a temporary folder)")
     g.add_argument("--no-memory-check", action="store_true",
                    help="do not refuse a job the memory model says will not fit")
-
-
-def memory_check(args: argparse.Namespace, job_kind: str, **job) -> None:
-    """Print the memory model's figures for the job and refuse it (UserError) when it does not fit."""
-    # deferred: torch and the model stack load only when a subcommand runs
-    from ..models.loading import resolve_device, resolve_dtype
-    from ..models.memory_model import Job, ModelShape, available, check_fits, estimate, model_config
-
-    config = model_config(args.model, args.cache_dir)
-    if config is None:
-        print("memory: the model's config cannot be read before loading; no memory check")
-        return
-    device = str(resolve_device(args.device))
-    dtype_bytes = torch_itemsize(resolve_dtype(args.dtype))
-    est = estimate(ModelShape.from_config(config), Job(job_kind, offload=args.offload, device=device, dtype_bytes=dtype_bytes,
-                                                       **job))
-    print(f"memory (offload: {args.offload}, model estimate): {est.summary(device)}")
-    if not args.no_memory_check:
-        from ..models.gguf_cache import default_cache_dir  # deferred: as above
-
-        check_fits(est, available(device, cache_dir=default_cache_dir(args.cache_dir), offload_folder=args.offload_folder),
-                   what=f"{job_kind} of {args.model}")
-
-
-def torch_itemsize(dtype) -> int:
-    import torch
-
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def add_data_dir_option(p: argparse.ArgumentParser) -> None:
@@ -93,9 +62,13 @@ def add_eval_options(p: argparse.ArgumentParser, *, flag: str = "--eval", defaul
 
 
 def resolve_quick(args: argparse.Namespace) -> None:
-    """Fill unset sizes from the paper defaults or, with --quick, the CPU-friendly ones."""
-    quick = getattr(args, "quick", False)
-    defaults = dict(QUICK if quick else dict(nsamples=128, seqlen=2048, eval_seqlen=2048, eval_windows=None), calib="c4", seed=0)
+    """Fill unset sizes from the papers' protocol (the settings' defaults, data/settings.py) or, with
+    --quick, the CPU-friendly ones."""
+    from ..data.settings import QUICK, Calibration, Heldout  # deferred: as in _settings
+
+    c, h = Calibration(), Heldout()
+    papers = dict(nsamples=c.nsamples, seqlen=c.seqlen, eval_seqlen=h.seqlen, eval_windows=h.windows)
+    defaults = dict(QUICK if getattr(args, "quick", False) else papers, calib=c.source, seed=c.seed)
     for name, value in defaults.items():
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, value)
@@ -105,10 +78,42 @@ def resolve_quick(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
 
 
+def bos_choice(args: argparse.Namespace) -> bool | None:
+    """--bos: True (always), False (never) or None (auto: the model says)."""
+    return {"always": True, "never": False}.get(args.bos)
+
+
 def use_bos(args: argparse.Namespace, model) -> bool:
     from ..models.adapters import needs_bos  # deferred: torch loads only when a subcommand runs
 
-    return {"always": True, "never": False}.get(args.bos, None) if args.bos != "auto" else needs_bos(model)
+    choice = bos_choice(args)
+    return needs_bos(model) if choice is None else choice
+
+
+def calibration_settings(args: argparse.Namespace):
+    """The calibration flags (after ``resolve_quick``) as the shared settings model (data/settings.py)."""
+    return _settings("Calibration", dict(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                                         split=args.calib_split, text_field=args.text_field),
+                     dict(source="--calib", nsamples="--nsamples", seqlen="--seqlen", seed="--seed"))
+
+
+def heldout_settings(args: argparse.Namespace, source: str):
+    """The evaluation flags for one held-out ``source`` as the shared settings model."""
+    return _settings("Heldout", dict(source=source, seqlen=args.eval_seqlen, windows=args.eval_windows),
+                     dict(source="--eval", seqlen="--eval-seqlen", windows="--eval-windows"))
+
+
+def _settings(kind: str, values: dict, flags: dict):
+    from pydantic import ValidationError  # deferred: as the settings themselves
+
+    from ..data import settings  # deferred: loads pydantic only when a subcommand runs
+
+    try:
+        return getattr(settings, kind)(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        raise UserError(f"{flags.get(field, field)}: {err['msg'].lower()} (got {err.get('input')!r})") from None
 
 
 def eval_sources(text: str) -> list[str]:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import check_source, evaluation_windows
     from ..evaluation.kl import kl_to_dense
     from ..evaluation.perplexity import perplexity
-    from ..models.adapters import decoder_blocks, prunable_linears
+    from ..models.adapters import model_linears
     from ..models.loading import load_model
     from ..provenance import environment
 
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.info["device"]
     bos = common.use_bos(args, model)
-    modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(model)) for n, lin in prunable_linears(b).items()}
+    modules = model_linears(model)
     dense = None
     if args.kl_dense:
         ref = load_model(args.kl_dense, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir).model
-        ref_modules = {f"{i}.{n}": lin for i, b in enumerate(decoder_blocks(ref)) for n, lin in prunable_linears(b).items()}
+        ref_modules = model_linears(ref)
         if ref_modules.keys() != modules.keys() or any(ref_modules[k].weight.shape != modules[k].weight.shape for k in modules):
             raise UserError(f"--kl-dense {args.kl_dense} does not have the same architecture as {args.model}")
         dense = {k: m.weight.data for k, m in ref_modules.items()}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from importlib.resources import files
 from pathlib import Path
 
 from ..errors import UserError
 from . import paths
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+# the offline quickstart, shipped in the package (automl_prune/presets; search.study.config.preset)
+DEFAULT_CONFIG = files("automl_prune.presets") / "quickstart.yaml"
 
 
 def register(sub) -> None:
@@ -39,8 +41,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: a subcommand loads the model stack only when it runs (--help and argument errors answer at once)
-    from ..search.config import load_config
-    from ..search.run import run_search
+    from .. import api
+    from ..search.study.config import load_config
 
     args.data_dir = args.data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR")
     paths.check(args, out=paths.SEARCH)  # every path option, before anything is read
@@ -53,18 +55,18 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     config = load_config(config_path, overrides)  # every field checked before a model is loaded
-    out = Path(args.out) if args.out else Path("runs") / config_path.stem
+    out = Path(args.out) if args.out else Path("runs") / Path(config_path.name).stem
     paths.check_values(config.model_dump(), lambda field: f"{field} of {config_path.name}")  # the config's paths
     if not args.out:
         paths.check_out_dir(out, "--out (default)", marks=paths.SEARCH)
-    report = run_search(config, out, final=not args.no_final)
+    report = api.search(config, out=out, final=not args.no_final).report
     print(f"\nreport: {report}")
     print(report.read_text().split("## Plots")[0].split("## Held-out comparison")[-1].strip())
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..search.outputs import rebuild  # deferred: as in run()
+    from ..search.outputs.writer import rebuild  # deferred: as in run()
 
     folder = Path(args.dir)
     if not (folder / "config.yaml").is_file():

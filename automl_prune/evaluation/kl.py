@@ -13,7 +13,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..models.adapters import model_linears
 from ..progress import progress_bar
+from .streamed import streamed_head_inputs, streamed_kl
 
 
 @contextlib.contextmanager
@@ -43,3 +45,28 @@ def kl_to_dense(model: nn.Module, modules: dict[str, nn.Linear], dense: dict[str
         total += float(F.kl_div(logp, logq, log_target=True, reduction="sum"))
         count += ids.numel()
     return dict(kl=total / max(count, 1), n_tokens=count, seconds=round(time.perf_counter() - start, 3))
+
+
+class DenseReference:
+    """What KL(dense || pruned) needs of the dense model, taken before it is pruned: the dense weights
+    of its prunable layers, or, offloaded (``store``: the blocks stream and no dense copy is kept),
+    the LM-head inputs of every text's windows. :meth:`kl` then measures the pruned model."""
+
+    def __init__(self, model: nn.Module, windows: dict[str, torch.Tensor], *, device: torch.device | str = "cpu",
+                 store=None):
+        self.model, self.windows, self.device, self.store = model, windows, device, store
+        if store is None:
+            self.modules = model_linears(model)
+            self.weights = {name: m.weight.data.clone() for name, m in self.modules.items()}
+        else:  # on the host until the pruned ones are formed
+            self.heads = {s: [h.cpu() for h in streamed_head_inputs(model, store, ids, device=device, desc=f"dense {s}")]
+                          for s, ids in windows.items()}
+
+    def kl(self) -> dict[str, dict]:
+        """Per text: mean per-token KL(dense || pruned) of the model as it is now."""
+        if self.store is None:
+            return {s: kl_to_dense(self.model, self.modules, self.weights, ids, device=self.device)
+                    for s, ids in self.windows.items()}
+        return {s: streamed_kl(self.model, self.heads[s], streamed_head_inputs(self.model, self.store, ids,
+                                                                               device=self.device, desc=f"pruned {s}"))
+                for s, ids in self.windows.items()}

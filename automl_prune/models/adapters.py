@@ -114,11 +114,17 @@ def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
+def model_linears(model_or_blocks: nn.Module | list[nn.Module]) -> dict[str, nn.Linear]:
+    """Every prunable layer by its name in the model, ``"<block>.<layer>"`` (``"0.self_attn.q_proj"``),
+    in forward order; of a model, or of its decoder blocks (a list)."""
+    blocks = model_or_blocks if isinstance(model_or_blocks, list) else decoder_blocks(model_or_blocks)
+    return {f"{i}.{name}": lin for i, block in enumerate(blocks) for name, lin in prunable_linears(block).items()}
+
+
 def prunable_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Every prunable layer's weight shape (out, in) by its name in the model, ``"<block>.<layer>"``
-    (``"0.self_attn.q_proj"``), in forward order; offloaded blocks too (their weights keep their shapes)."""
-    return {f"{i}.{name}": tuple(lin.weight.shape) for i, block in enumerate(decoder_blocks(model))
-            for name, lin in prunable_linears(block).items()}
+    """Every prunable layer's weight shape (out, in) by its name in the model (``model_linears``);
+    offloaded blocks too (their weights keep their shapes)."""
+    return {name: tuple(lin.weight.shape) for name, lin in model_linears(model).items()}
 
 
 def family(model: nn.Module) -> str:

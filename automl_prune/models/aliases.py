@@ -106,8 +106,3 @@ def get_alias(spec: str) -> Alias:
     if key not in ALIASES:
         raise UserError(f"Unknown model alias {spec!r}; known aliases: {', '.join(sorted(ALIASES))}")
     return ALIASES[key]
-
-
-def resolve_alias(spec: str, cache_root: Path) -> ResolvedAlias:
-    """The GGUF file behind an alias (assembled if needed); UserError for an unknown alias."""
-    return get_alias(spec).locate(cache_root)

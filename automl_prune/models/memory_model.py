@@ -324,3 +324,49 @@ def check_fits(est: MemoryEstimate, have: dict[str, int | None], *, what: str,
         raise UserError(f"{what} does not fit: " + "; ".join(short) + ". The estimate by part:\n" + "\n".join(est.lines())
                         + f"\nOffload the blocks ({offload_hint}), use fewer or shorter calibration windows, "
                           f"or {skip_hint} if you know better.")
+
+
+@dataclass
+class MemoryReport:
+    """The memory model's figures for one job on one model: the estimate a check must fit (with
+    ``by_phase``, the largest phase of a search worker, and every phase's)."""
+
+    estimate: MemoryEstimate
+    peak_phase: str | None = None
+    phases: dict[str, MemoryEstimate] | None = None
+
+    def check(self, device: str, *, what: str, cache_dir=None, offload_folder=None, gpus: float = 1.0, sharers: int = 1,
+              offload_hint: str = "--offload disk, or cpu with a GPU", skip_hint: str = "pass --no-memory-check") -> None:
+        """Refuse (UserError with the figures) when the estimate exceeds what is available;
+        ``sharers`` jobs of this kind share the host's memory (local Ray workers)."""
+        have = available(device, gpus=gpus, cache_dir=gguf_cache.default_cache_dir(cache_dir), offload_folder=offload_folder)
+        if sharers > 1 and have["host"] is not None:
+            have["host"] //= sharers
+        check_fits(self.estimate, have, what=what, offload_hint=offload_hint, skip_hint=skip_hint)
+
+    def record(self, offload: str) -> dict:
+        """The figures as a run records them (meta.json ``memory_model``)."""
+        gib = lambda b: round(b / GIB, 2)  # noqa: E731
+        est = self.estimate
+        out = dict(device_peak_gib=gib(est.device_peak), host_peak_gib=gib(est.host_peak), disk_gib=gib(est.disk),
+                   offload=offload)
+        if self.phases is not None:
+            out.update(peak_phase=self.peak_phase, phases={name: dict(device_peak_gib=gib(e.device_peak),
+                                                                      host_peak_gib=gib(e.host_peak))
+                                                           for name, e in self.phases.items()})
+        return out
+
+
+def memory_report(spec: str, job: Job, *, cache_dir=None, by_phase: bool = False) -> MemoryReport | None:
+    """The memory model's figures for ``job`` on the model ``spec`` (read without its weights); with
+    ``by_phase`` the phases of a search worker (``job`` is its candidate job). None when the model's
+    config cannot be read before loading. The one memory check of the prune command and the search."""
+    config = model_config(spec, cache_dir)
+    if config is None:
+        return None
+    shape = ModelShape.from_config(config)
+    if not by_phase:
+        return MemoryReport(estimate(shape, job))
+    phases = search_phases(shape, job)
+    name, est = peak_phase(phases)  # every phase fits when the largest does (the cold load included)
+    return MemoryReport(est, name, phases)

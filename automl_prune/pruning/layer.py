@@ -50,11 +50,6 @@ def mask_from_scores(s: torch.Tensor, plan: PruningPlan, sparsity: float, perm: 
     return unstructured_mask(s, sparsity, group=plan.group or default_group(plan.metric))
 
 
-def metric_mask(weight: torch.Tensor, stats: LinearStats | None, plan: PruningPlan, sparsity: float) -> torch.Tensor:
-    """Boolean mask (True = pruned) from the plan's metric, pattern and comparison group."""
-    return mask_from_scores(metric_scores(weight, stats, plan), plan, sparsity)
-
-
 def _gradual_selector(stats: LinearStats, plan: PruningPlan, sparsity: float, perm: torch.Tensor | None, label: str = ""):
     """ADMM's gradual mask selection: the plan's metric on the iterate, at a fraction of the final
     sparsity (N:M: the N:M survivors plus the best of the rest, exactly N:M at the end)."""

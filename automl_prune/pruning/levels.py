@@ -42,10 +42,6 @@ class LayerLadder:
     def group_size(self) -> int:
         return self.cols if self.group == "row" else self.rows * self.cols
 
-    @property
-    def groups(self) -> int:
-        return self.rows if self.group == "row" else 1
-
     def zeros_at(self, level: int) -> int:
         if not self.low <= level <= self.high:
             raise ValueError(f"level {level} is outside this layer's ladder [{self.low}, {self.high}]")
@@ -54,9 +50,6 @@ class LayerLadder:
     def sparsity_at(self, level: int) -> float:
         """The sparsity that prunes exactly ``zeros_at(level)`` weights per group (see group_count)."""
         return round(self.zeros_at(level) / self.group_size, 10)
-
-    def pruned_at(self, level: int) -> int:
-        return self.zeros_at(level) * self.groups
 
 
 def default_step(shapes: list[tuple[int, int]], sparsity: float, levels: int, group: str) -> int:
@@ -109,7 +102,3 @@ def exact_extras(layers: list[tuple[int, int, float]], group: str) -> list[int]:
         if groups[i] <= deficit and lost[i] > 0:
             extras[i], deficit = 1, deficit - groups[i]
     return extras
-
-
-def level_sum(levels: dict[str, int]) -> int:
-    return int(sum(levels.values()))

@@ -219,11 +219,6 @@ def realised_sparsity(x: torch.Tensor) -> float:
     return float(_pruned(x).sum()) / max(x.numel(), 1)
 
 
-def per_row_counts(x: torch.Tensor) -> torch.Tensor:
-    """Number pruned (mask True / weight zero) in each row of a 2-D mask or weight (int64, (out,))."""
-    return _pruned(x).sum(dim=-1)
-
-
 def check_nm(x: torch.Tensor, n: int, m: int) -> bool:
     """True if every group of ``m`` consecutive inputs of every row keeps at most ``n`` weights.
 

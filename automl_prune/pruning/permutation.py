@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .masks import check_nm, nm_mask
+from .masks import nm_mask
 
 
 class Permutation(NamedTuple):
@@ -107,8 +107,3 @@ def permuted_nm_mask(score: torch.Tensor, perm: torch.Tensor, n: int, m: int) ->
     mask = torch.empty_like(score, dtype=torch.bool)
     mask[:, perm] = nm_mask(score[:, perm], n, m)
     return mask
-
-
-def check_permuted_nm(x: torch.Tensor, perm: torch.Tensor, n: int, m: int) -> bool:
-    """True if ``x`` (weight or bool mask, True = pruned) is N:M once its columns are permuted."""
-    return check_nm(x[:, perm.to(x.device)], n, m)

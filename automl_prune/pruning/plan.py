@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer, model_validator
 
+from ..data.settings import Calibration, Heldout
 from ..errors import UserError
 from ..metrics.spec import metric_from_dict
 from .masks import parse_pattern
@@ -68,29 +69,13 @@ class DsnotOptions(BaseModel):
     skip: list[str] = ["mlp"]
 
 
-class PlanCalibration(BaseModel):
+class PlanCalibration(Calibration):
     """The calibration a plan was found with (written by a search into best.yaml and the other plan
     files): ``automl-prune prune --plan`` takes these as its defaults, so the prune computes the
     statistics the search scored the plan on; command-line flags still override. ``data_dir`` is a
     hint (the folder the search read), used when no --data-dir is given and the folder exists."""
 
-    model_config = ConfigDict(extra="forbid")
-    source: str
-    nsamples: int = Field(ge=1)
-    seqlen: int = Field(ge=1)
-    seed: int = 0
-    split: str | None = None
-    text_field: str | None = None
     data_dir: str | None = None
-
-
-class PlanHeldout(BaseModel):
-    """The held-out text the search compared plans on; the prune command evaluates on it by default."""
-
-    model_config = ConfigDict(extra="forbid")
-    source: str
-    seqlen: int = Field(ge=1)
-    windows: int | None = Field(None, ge=1)
 
 
 class PlanModel(BaseModel):
@@ -152,7 +137,7 @@ class PruningPlan(BaseModel):
     #: where the plan came from (a search's calibration and held-out text, the model it was made for,
     #: a transfer from another model); not part of what is pruned
     calibration: PlanCalibration | None = None
-    heldout: PlanHeldout | None = None
+    heldout: Heldout | None = None
     model: PlanModel | None = None
     transfer: PlanTransfer | None = None
 
