@@ -97,10 +97,12 @@ class CandidateContext:
     def apply(self, plan: PruningPlan) -> PruneResult:
         """Prune the dense weights in place with ``plan`` from the dense (one-shot) statistics, or,
         when the plan lies on the attached level database's ladders, swap in the stored layers (only
-        those whose level changed; same weights). The model stays pruned until the next ``apply``
-        or ``restore``; applying the plan the weights already hold returns its result at once."""
-        if plan.mode != "one-shot":  # candidates are scored from the dense statistics
-            plan = plan.model_copy(update={"mode": "one-shot"})
+        those whose level changed; same weights). A sequential plan runs block by block on the
+        calibration windows (``calib_ids``; without them, or offloaded, it is applied one-shot). The
+        model stays pruned until the next ``apply`` or ``restore``; applying the plan the weights
+        already hold returns its result at once."""
+        if plan.mode != "one-shot" and (self.calib_ids is None or self.store is not None):
+            plan = plan.model_copy(update={"mode": "one-shot"})  # no windows to run it on: from the dense statistics
         key = json.dumps(plan.model_dump(mode="json"), sort_keys=True)
         if self._applied.get("plan") == key:
             return self._applied["result"]
@@ -162,6 +164,10 @@ class CandidateContext:
         return memo["layer_digests"]
 
     def _apply(self, plan: PruningPlan, key: str) -> PruneResult:
+        if plan.mode == "sequential":  # block by block on the calibration windows, each block on the pruned earlier ones
+            self.restore()
+            self._applied["dense"] = False
+            return prune_model(self.model, plan, self.calib_ids, device=self.device, progress=False)
         levels = self.levels.levels_of(plan, len(self.blocks)) if self.levels is not None else None
         # "dense" is cleared before the weights change: a plan that fails half-way leaves them changed
         if levels is not None:
@@ -194,7 +200,7 @@ class CandidateContext:
         layer is pruned one-shot from the dense statistics, independently of the others, so the
         rest already hold ``plan``'s weights); None when that does not apply."""
         prev = self._applied.get("result")
-        if prev is None or self._applied.get("levels") is not None or self._applied.get("dense"):
+        if prev is None or self._applied.get("levels") is not None or self._applied.get("dense") or prev.plan.mode != "one-shot":
             return None
         if (prev.plan.layer_settings() != plan.layer_settings()
                 or set(prev.layers) != set(self.modules) or prev.permutations):

@@ -80,7 +80,7 @@ def test_a_missing_base_is_one_line_and_exit_code_2(tmp_path, capsys):
     config = _write(tmp_path, "study.yaml", {"extends": "no-such-base"})
     with pytest.raises(UserError, match="no config 'no-such-base'") as err:
         load_config(config)
-    assert "\n" not in str(err.value) and "study.yaml" in str(err.value) and "presets: quickstart" in str(err.value)
+    assert "\n" not in str(err.value) and "study.yaml" in str(err.value) and "quickstart)" in str(err.value)
     missing_path = _write(tmp_path, "other.yaml", {"extends": "bases/gone.yaml"})
     with pytest.raises(UserError, match="gone.yaml, does not exist"):
         load_config(missing_path)

@@ -12,6 +12,8 @@ from . import paths
 
 # the offline quickstart, shipped in the package (automl_prune/presets; search.study.config.preset)
 DEFAULT_CONFIG = files("automl_prune.presets") / "quickstart.yaml"
+# the built-in recipe, run when a target is given without --config (search/study/recipe.py)
+RECIPE_CONFIG = files("automl_prune.presets") / "auto.yaml"
 
 
 def register(sub) -> None:
@@ -33,6 +35,12 @@ def register(sub) -> None:
     p.add_argument("--offload", choices=("none", "cpu", "disk"), help="where the decoder blocks' weights live (offload): "
                    "on the device, in host memory or in memory-mapped files; offloaded, candidates stream block by block")
     p.add_argument("--no-final", action="store_true", help="skip the held-out comparison at the end")
+    r = p.add_argument_group("the built-in recipe (without --config: the auto preset; with one: its recipe section)")
+    r.add_argument("--sparsity", type=float, metavar="S", help="unstructured target sparsity (recipe.sparsity)")
+    r.add_argument("--pattern", metavar="N:M", help="N:M target pattern, e.g. 2:4 (recipe.pattern)")
+    r.add_argument("--update", choices=("none", "sparsegpt", "admm", "auto"),
+                   help="weight update after the mask (recipe.update; auto: ADMM, default)")
+    r.add_argument("--hours", type=float, metavar="H", help="time budget of the whole study (recipe.hours, default 1)")
     p.set_defaults(func=run)
     r = sub.add_parser("report", help="rebuild report.md, trials.csv, plans and plots of a search folder")
     r.add_argument("dir", metavar="DIR")
@@ -46,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     args.data_dir = args.data_dir or os.environ.get("AUTOML_PRUNE_DATA_DIR")
     paths.check(args, out=paths.SEARCH)  # every path option, before anything is read
-    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    recipe = {k: v for k, v in {"recipe.sparsity": args.sparsity, "recipe.pattern": args.pattern,
+                                "recipe.update": args.update, "recipe.hours": args.hours}.items() if v is not None}
+    config_path = Path(args.config) if args.config else (RECIPE_CONFIG if recipe else DEFAULT_CONFIG)
     overrides = {k: v for k, v in {"budget.trials": args.trials, "budget.timeout": args.timeout, "model": args.model,
                                    "storage": args.storage, "searcher.seed": args.seed, "executor": args.executor,
                                    "ray.address": args.ray_address, "ray.max_concurrent_trials": args.concurrent,
@@ -54,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
                  if v is not None}
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    overrides.update(recipe)
     config = load_config(config_path, overrides)  # every field checked before a model is loaded
-    out = Path(args.out) if args.out else Path("runs") / Path(config_path.name).stem
+    name = config.recipe.label() if config_path is RECIPE_CONFIG else Path(config_path.name).stem
+    out = Path(args.out) if args.out else Path("runs") / name  # runs/<config name>, or runs/auto-50-update
     paths.check_values(config.model_dump(), lambda field: f"{field} of {config_path.name}")  # the config's paths
     if not args.out:
         paths.check_out_dir(out, "--out (default)", marks=paths.SEARCH)

@@ -32,7 +32,7 @@ def mask_hash(ctx: CandidateContext, plan: PruningPlan | None = None) -> str:
     With a plan that updates the kept weights (SparseGPT, ADMM), the update and its settings are
     hashed too: equal masks then give equal weights only under the same update. Computed once per
     candidate (``ctx.candidate_memo``)."""
-    key = ("mask_hash", None if plan is None or plan.update == "none" else (plan.update, plan.admm.model_dump_json()))
+    key = ("mask_hash", None if plan is None or plan.update == "none" else (plan.update, plan.admm.model_dump_json(), plan.mode))
     memo = ctx.candidate_memo
     if key not in memo:
         memo[key] = masks_digest(ctx.modules, plan, bits=ctx.mask_bits())
@@ -46,6 +46,8 @@ def masks_digest(modules: dict, plan: PruningPlan | None = None, *, bits: dict[s
     h = hashlib.blake2b(digest_size=16)
     if plan is not None and plan.update != "none":
         h.update(f"update={plan.update};admm={plan.admm.model_dump_json() if plan.update == 'admm' else ''}".encode())
+        if plan.mode != "one-shot":  # the same masks updated on the pruned earlier blocks' outputs: other weights
+            h.update(f"mode={plan.mode}".encode())
     for name, m in modules.items():
         h.update(name.encode())
         h.update(bits[name] if bits is not None else np.packbits((m.weight == 0).cpu().numpy()).tobytes())

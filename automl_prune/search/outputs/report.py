@@ -59,6 +59,13 @@ def headline(final: FinalResult | None) -> list[str]:
             line += (f" The search found no candidate better on its objective than the named point {r['named_point']} "
                      "it started from.")
         out.append(line)
+    choice = final.get("mode_choice")
+    if choice:
+        values = ", ".join(f"{m} {v:.5g}" for m, v in choice["values"].items() if v is not None)
+        out.insert(0, f"The selected plan is delivered **{choice['mode']}** (best.yaml records it): chosen by "
+                      f"{choice['objective']['name']} on {choice['tokens']} fresh calibration-domain tokens ({values}); "
+                      "the held-out text was not read for the choice. Every plan below is shown in each mode; the "
+                      "objective values are the one-shot ones.")
     return [" ".join(out), ""] if len(out) == 1 else [*(f"- {line}" for line in out), ""]
 
 

@@ -33,8 +33,9 @@ def _plan_file(plan: dict, origin: dict | None) -> PruningPlan:
     return PruningPlan.from_dict({**plan, **(origin or {})})
 
 
-def write_plans(study: optuna.Study, out: Path, origin: dict | None = None) -> list[Path]:
-    """best.yaml (single objective) or pareto/trial-N.yaml (several), each with the study's ``origin``."""
+def write_plans(study: optuna.Study, out: Path, origin: dict | None = None, mode: str | None = None) -> list[Path]:
+    """best.yaml (single objective) or pareto/trial-N.yaml (several), each with the study's ``origin``;
+    ``mode``: the mode the final comparison chose to deliver the selected plan in (best.yaml)."""
     done = [t for t in study.best_trials if "plan" in t.user_attrs] if study.trials else []
     written = []
     if len(study.directions) == 1:
@@ -45,7 +46,8 @@ def write_plans(study: optuna.Study, out: Path, origin: dict | None = None) -> l
         selected = study.user_attrs.get("selected_trial")  # multi-fidelity selection chose another trial
         if selected is not None:
             best = study.get_trials(deepcopy=False)[selected]
-        write_text_atomic(out / "best.yaml", _plan_file(best.user_attrs["plan"], origin).to_yaml())
+        plan = {**best.user_attrs["plan"], **({"mode": mode} if mode else {})}
+        write_text_atomic(out / "best.yaml", _plan_file(plan, origin).to_yaml())
         return [out / "best.yaml"]
     (out / "pareto").mkdir(exist_ok=True)
     for t in done:
@@ -99,7 +101,8 @@ def write_outputs(study: optuna.Study, out: Path, names: list[str], meta: dict, 
     ``delivered``: the study whose selected plan is best.yaml (a joint plan's allocation phase;
     default ``study``)."""
     write_trials_csv(study, out)
-    plans = write_plans(delivered if delivered is not None else study, out, origin)
+    plans = write_plans(delivered if delivered is not None else study, out, origin,
+                        mode=((final or {}).get("mode_choice") or {}).get("mode"))
     write_polished_plans(final, out, origin)
     plot_history(study, names, out)
     plot_pareto(study, names, final, out)

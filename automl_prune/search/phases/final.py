@@ -11,6 +11,8 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import spearmanr
 
+from objectives import make_objective
+
 from ...allocation.profile import layer_alphas
 from ...atomic import write_text_atomic
 from ...candidate_context import CandidateContext
@@ -19,9 +21,13 @@ from ...evaluation.zeroshot import ZeroShotSuite
 from ...host_memory import release_growth
 from ...models.adapters import needs_bos
 from ...progress import progress_bar
+from ...pruning.apply import needs_statistics
 from ...pruning.methods import ALLOCATION_BASELINES, allocation_baseline_plan, plan_for_method
 from ...pruning.plan import PruningPlan
 from ..execution.candidate import mask_hash, score_candidate
+from ..execution.scoring import fresh_stage_windows, score_stage
+from ..study.config import ObjectiveConfig
+from ..study.definition import sign_of
 from ..study.results import FinalResult, PolishResult, ResultRow, SelectionRecord
 from ..study.state import SearchState
 from .base import Phase, StudyRun
@@ -117,6 +123,7 @@ def final_comparison(state: SearchState, *, polished: list[PolishResult] | None 
     allocation phase of a joint plan) that trial's plan is a row too (what the allocation phase
     bought) and the first phase's stages get their rank correlations."""
     cfg = state.config.final
+    modes, mode_choice = list(cfg.modes), None
     heldout = HeldoutEvaluator(state.ctx)
     rows: list[ResultRow] = []
     targets: dict[tuple, None] = {}
@@ -132,12 +139,16 @@ def final_comparison(state: SearchState, *, polished: list[PolishResult] | None 
     else:
         chosen = selection_trials(state, selection) if selection else [(t, None) for t in chosen_trials(state)]
         for t, by in progress_bar(chosen, desc="final: best plans", unit="plan", **bar):
-            plan = study_plan(state.config, t.user_attrs["plan"])
-            ppl, realised, _ = heldout(plan)
-            rows.append(dict(kind="searched", name=f"trial {t.number}", trial=t.number, values=list(t.values), ppl=ppl,
-                             sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point"),
-                             **({"selected_by": by} if by else {})))
-            targets[_target(plan, realised)] = None
+            for mode, plan in in_modes(study_plan(state.config, t.user_attrs["plan"]), modes):
+                ppl, realised, _ = heldout(plan)
+                rows.append(dict(kind="searched", name=f"trial {t.number}" + (f" ({mode})" if len(modes) > 1 else ""),
+                                 trial=t.number, values=list(t.values), ppl=ppl, sparsity=realised, plan=plan.to_dict(),
+                                 named_point=t.user_attrs.get("named_point"), **({"selected_by": by} if by else {}),
+                                 **({"mode": mode} if len(modes) > 1 else {})))
+                targets[_target(plan, realised)] = None
+        if len(modes) > 1 and chosen:  # the mode the delivered plan is applied in, chosen on fresh calibration tokens
+            mode_choice = choose_mode(state, study_plan(state.config, chosen[0][0].user_attrs["plan"]), modes,
+                                      progress=progress)
     if first_phase is not None:
         first, _, number = first_phase
         t = first.study.get_trials(deepcopy=False)[number]
@@ -145,22 +156,28 @@ def final_comparison(state: SearchState, *, polished: list[PolishResult] | None 
         ppl, realised, _ = heldout(plan)
         rows.append(dict(kind="searched", name=f"first phase: trial {number}", trial=number, values=list(t.values), ppl=ppl,
                          sparsity=realised, plan=plan.to_dict(), named_point=t.user_attrs.get("named_point"),
-                         selected_by="first phase"))
+                         selected_by="first phase", **({"mode": plan.mode} if len(modes) > 1 else {})))
     for sparsity, pattern in targets:
         for method in progress_bar(cfg.baselines, desc="final: baselines", unit="plan", **bar):
             try:
-                plan = baseline_plan(method, sparsity, pattern, state)
-                values = score_candidate(state.ctx, plan, state.objectives).values
-                ppl, realised, _ = heldout(plan)
+                named = baseline_plan(method, sparsity, pattern, state)
             except Exception as exc:  # noqa: BLE001 - a baseline that fails is reported, not fatal
                 log.warning("baseline %s failed: %s", method, exc)
                 continue
-            rows.append(dict(kind="baseline", name=method, values=values, ppl=ppl, sparsity=realised, plan=plan.to_dict(),
-                             target=sparsity))
+            for mode, plan in in_modes(named, modes):
+                try:
+                    values = score_candidate(state.ctx, plan.with_fields(mode="one-shot"), state.objectives).values
+                    ppl, realised, _ = heldout(plan)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    log.warning("baseline %s (%s) failed: %s", method, mode, exc)
+                    continue
+                rows.append(dict(kind="baseline", name=method if len(modes) == 1 else f"{method} ({mode})", values=values,
+                                 ppl=ppl, sparsity=realised, plan=plan.to_dict(), target=sparsity,
+                                 **({"mode": mode} if len(modes) > 1 else {})))
     if cfg.zero_shot is not None:
         zero_shot_rows(state, rows, progress=progress)
     fidelity = fidelity_sample(state, heldout, progress=progress)
-    out = dict(rows=rows, fidelity=fidelity)
+    out = dict(rows=rows, fidelity=fidelity, **({"mode_choice": mode_choice} if mode_choice else {}))
     if selection:
         out["selection"] = {**selection, "fidelity": stage_fidelity(state, selection, heldout, progress=progress)}
     if first_phase is not None and first_phase[1]:
@@ -170,6 +187,34 @@ def final_comparison(state: SearchState, *, polished: list[PolishResult] | None 
     if polished:  # the summary of each point; the plans themselves are in the rows
         out["polish"] = [{**p, "best": {k: v for k, v in (p.get("best") or {}).items() if k != "plan"}} for p in polished]
     return out
+
+
+def in_modes(plan: PruningPlan, modes: list[str]) -> list[tuple[str, PruningPlan]]:
+    """``plan`` in each of ``modes``; a plan that reads no statistics (magnitude) has no sequential form."""
+    if len(modes) == 1:
+        return [(modes[0], plan if plan.mode == modes[0] else plan.with_fields(mode=modes[0]))]
+    return [(m, plan.with_fields(mode=m)) for m in modes if m == "one-shot" or needs_statistics(plan)]
+
+
+def choose_mode(state: SearchState, plan: PruningPlan, modes: list[str], *, progress: bool = True) -> dict:
+    """The mode ``plan`` is delivered in: each mode scored by the mode choice's objective on its fresh
+    calibration-domain tokens (overlapping no calibration or probe window; the held-out text is never
+    read); the best wins (ties: the first of ``modes``)."""
+    mc, config = state.config.final.mode_choice, state.config
+    spec = mc.objective or (config.selection.objective if config.selection is not None else
+                            ObjectiveConfig(name="kl", params={"topk": 512}))
+    objective = make_objective(spec.name, **spec.params)
+    windows = fresh_stage_windows(state, mc.tokens, mc.seed)
+    values = score_stage(state.ctx, objective, dict(in_modes(plan, modes)), windows=windows.input_ids,
+                         label="final: mode choice", progress=progress)
+    sign = sign_of(objective.direction)
+    scored = [m for m in modes if values.get(m) is not None]
+    mode = min(scored, key=lambda m: (sign * values[m], modes.index(m))) if scored else modes[0]
+    log.info("final: the selected plan is delivered %s (%s on %d fresh tokens: %s)", mode, spec.name, mc.tokens,
+             ", ".join(f"{m} {v:.5g}" for m, v in values.items() if v is not None))
+    state.ctx.restore()
+    return dict(mode=mode, values=values, objective=spec.model_dump(mode="json"), tokens=mc.tokens, seed=mc.seed,
+                windows_sha256=windows.info.get("windows_sha256"))
 
 
 def fidelity_sample(state: SearchState, heldout: HeldoutEvaluator, *, progress: bool = True) -> dict:

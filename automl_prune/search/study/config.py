@@ -19,6 +19,8 @@ from ...errors import UserError
 from ...evaluation.zeroshot import parse_tasks
 from ...pruning.methods import BASELINES
 from ...pruning.plan import AdmmOptions, DsnotOptions, Refine, Update
+from .recipe import RecipeConfig
+from .recipe import sections as recipe_sections
 from .searcher_configs import EvolutionConfig, SearcherConfig, TPEConfig, own_settings
 
 
@@ -69,6 +71,18 @@ class ZeroShotFinal(_Strict):
             raise ValueError(str(exc)) from None
 
 
+class ModeChoice(_Strict):
+    """With several ``final.modes``: the selected plan is applied in each mode (one-shot: every block
+    from the dense model's statistics; sequential: block by block, each on the already pruned earlier
+    blocks) and the mode that scores best by ``objective`` on ``tokens`` fresh calibration-domain
+    tokens (seed ``seed``; overlapping no calibration or probe window, never the held-out text) is
+    the one the plan files record. The baselines are compared in every mode too."""
+
+    tokens: int = Field(16384, ge=2)
+    seed: int = 300
+    objective: ObjectiveConfig | None = None  # default: the selection's objective, else KL (topk 512)
+
+
 class FinalConfig(_Strict):
     """The closing comparison on held-out text."""
 
@@ -77,6 +91,8 @@ class FinalConfig(_Strict):
     fidelity_sample: int = Field(8, ge=0)  # trials re-evaluated on held-out text for Spearman
     export_best: bool = False  # also write the pruned best model as an HF folder
     zero_shot: ZeroShotFinal | None = None  # also zero-shot accuracy of the chosen plans and the best baseline
+    modes: list[Literal["one-shot", "sequential"]] = Field(["one-shot"], min_length=1)  # see ModeChoice
+    mode_choice: ModeChoice = ModeChoice()
 
 
 class StageConfig(_Strict):
@@ -251,6 +267,7 @@ class StudyConfig(_Strict):
     polish: PolishConfig | None = None  # sparsity fronts only: see PolishConfig
     selection: SelectionConfig | None = None  # multi-fidelity selection after the search: see SelectionConfig
     allocation_search: AllocationSearchConfig | None = None  # the joint plan's allocation phase: see AllocationSearchConfig
+    recipe: RecipeConfig | None = None  # the built-in recipe the other sections came from (recipe.py)
 
     def plan_origin(self, meta: dict | None = None) -> dict:
         """What every plan file of this study records of where it came from: the calibration (so
@@ -283,9 +300,9 @@ class StudyConfig(_Strict):
         return v
 
 
-def _first_error(exc: ValidationError) -> str:
+def _first_error(exc: ValidationError, within: str | None = None) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
+    where = ".".join(str(p) for p in ((within,) if within else ()) + tuple(err["loc"])) or "config"
     return f"field '{where}': {err['msg'].removeprefix('Value error, ')}"
 
 
@@ -379,6 +396,12 @@ def load_config(path, overrides: dict[str, Any] | None = None) -> StudyConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    if data.get("recipe"):  # the recipe's sections under the config's own settings (recipe.py)
+        try:
+            recipe = RecipeConfig.model_validate(data["recipe"])
+        except ValidationError as exc:
+            raise UserError(f"invalid config{' ' + str(path) if path else ''}: {_first_error(exc, 'recipe')}") from None
+        data = _merge(recipe_sections(recipe), data)
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as exc:
