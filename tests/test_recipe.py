@@ -100,6 +100,7 @@ def test_the_recipe_runs_its_phases_in_order_resumes_and_chooses_the_mode_on_fre
                                                                                "admm (sequential)"}
     report = (out / "report.md").read_text()
     assert f"delivered **{choice['mode']}**" in report and "the held-out text was not read for the choice" in report
+    assert "Recipe (1.0 h): load model" in report and "final comparison" in report.split("Recipe (1.0 h)")[1]
     # resumed: nothing is searched again, the same plan and mode are delivered
     best = (out / "best.yaml").read_text()
     run_search(load_config(out / "config.yaml"), out, progress=False, final=False)

@@ -241,6 +241,11 @@ def write_report(study: optuna.Study, out: Path, names: list[str], meta: dict, f
     if meta.get("polish_seconds"):
         lines += [f"Polishing ({len((final or {}).get('polish') or [])} target sparsities): {meta['polish_seconds']:.0f} s this run"
                   + _over_every_run(meta, "polish_seconds"), ""]
+    if meta.get("recipe"):  # how the recipe's hours were spent, phase by phase (phase_log.py)
+        spent = ", ".join(f"{name} {rec.get('seconds', 0):.0f} s" for name, rec in (meta.get("phases") or {}).items())
+        lines += [f"Recipe ({meta['recipe'].get('hours')} h): {spent}; a candidate of the metric search costs "
+                  f"{60 / meta['candidates_per_minute']:.1f} s here." if meta.get("candidates_per_minute") else
+                  f"Recipe ({meta['recipe'].get('hours')} h): {spent}.", ""]
     if final:
         if final.get("from_earlier_run"):
             lines += ["The held-out comparison below is from an earlier run of this study (final.json; this run used "

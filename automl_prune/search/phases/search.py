@@ -93,7 +93,8 @@ class SearchPhase(Phase):
                     search_seconds=round(seconds, 1), trials_this_run=state.new_trials,
                     candidates_per_minute=round(60 * state.new_trials / seconds, 2) if seconds > 0 else None,
                     search_seconds_total=running_total(run.before, "search_seconds", seconds),
-                    **({} if database is None else {"database_seconds": database}))
+                    **({} if database is None else {"database_seconds": database}),
+                    **({} if config.recipe is None else {"recipe": config.recipe.model_dump()}))
         log.info("search: %d trials this run in %.0f s, %d finished in the study (%s)", state.new_trials, seconds,
                  finished, meta["stopped_by"])
         return meta
