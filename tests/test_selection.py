@@ -146,3 +146,26 @@ def test_final_zero_shot_average_of_the_selected_plan_and_the_best_baseline(tmp_
         z = r["zero_shot"]
         assert 0 <= z["acc"] <= 1 and set(z["tasks"]) == {"piqa", "winogrande"} and z["limit"] == 4
     assert "zero-shot acc / acc_norm" in report and "first 4 documents" in report
+
+
+def test_a_sequential_stage_scores_its_candidates_as_applied_block_by_block(tmp_path, tiny_llama_dir, data_dir):
+    """``mode: sequential`` on a stage: the same candidates on the same windows get other values (the
+    plans applied block by block on the pruned earlier blocks), recorded with the stage; the one-shot
+    stages keep the stored-values key they had before stages had a mode."""
+    from automl_prune.search.phases.selection import setting
+
+    values = {}
+    for mode in ("one-shot", "sequential"):
+        stages = {**STAGES, "stages": [STAGES["stages"][0], {**STAGES["stages"][1], "mode": mode}]}
+        (tmp_path / mode).mkdir()
+        path = tiny_study_config(tmp_path / mode, tiny_llama_dir, data_dir, selection=stages, budget={"trials": 6},
+                                 final={"top": 0, "fidelity_sample": 0, "baselines": []})
+        config = load_config(path)
+        run_search(config, tmp_path / mode / "run", progress=False, final=False)
+        record = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / mode / 'run' / 'study.db'}").user_attrs
+        values[mode] = record["selection"]["stages"][1]
+        if mode == "one-shot":
+            assert "mode" not in json.dumps(setting(config)["selection"]["stages"])
+    assert values["one-shot"].keys() == values["sequential"].keys()
+    assert values["one-shot"]["windows_sha256"] == values["sequential"]["windows_sha256"]
+    assert all(values["one-shot"]["values"][k] != values["sequential"]["values"][k] for k in values["one-shot"]["values"])

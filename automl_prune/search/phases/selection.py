@@ -42,7 +42,11 @@ ATTR = "selection"
 def setting(config: StudyConfig) -> dict:
     """What the stored stage values depend on: the selection settings and the windows they avoid."""
     c, p = config.calibration, config.probe
-    return dict(selection=config.selection.model_dump(mode="json"), model=config.model,
+    selection = config.selection.model_dump(mode="json")
+    for stage in selection["stages"]:  # one-shot stages keep the key they had before stages had a mode
+        if stage.get("mode") == "one-shot":
+            del stage["mode"]
+    return dict(selection=selection, model=config.model,
                 calibration=c.model_dump(mode="json"), probe=p.model_dump(mode="json"))
 
 
@@ -117,12 +121,14 @@ def run_selection(state: SearchState, *, chosen: int | None = None, progress: bo
             stored["stages"][i] = values
             state.study.set_user_attr(ATTR, stored)  # after every candidate: a kill loses at most one
 
-        score_stage(state.ctx, objective, {str(t.number): study_plan(config, t.user_attrs["plan"]) for t in current},
+        score_stage(state.ctx, objective, {str(t.number): study_plan(config, t.user_attrs["plan"]).with_fields(mode=stage.mode)
+                                           for t in current},
                     windows=windows.input_ids, done=values["values"], on_value=keep, label=f"selection stage {i + 1}",
                     progress=progress)
         scored = [t for t in current if values["values"].get(str(t.number)) is not None]
         ranked = sorted(scored, key=lambda t: (sign * values["values"][str(t.number)], fast_sign * t.values[0], t.number))
-        stages.append(dict(stage=i + 1, tokens=stage.tokens, windows=int(windows.input_ids.shape[0]),
+        stages.append(dict(stage=i + 1, tokens=stage.tokens, **({"mode": stage.mode} if stage.mode != "one-shot" else {}),
+                           windows=int(windows.input_ids.shape[0]),
                            seqlen=int(windows.input_ids.shape[1]), windows_sha256=digest, seed=sel.seed + i,
                            candidates=[dict(trial=t.number, value=values["values"][str(t.number)], fast=t.values[0],
                                             named_point=t.user_attrs.get("named_point")) for t in ranked],

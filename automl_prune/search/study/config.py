@@ -101,6 +101,9 @@ class StageConfig(_Strict):
 
     tokens: int = Field(ge=2)
     keep: int = Field(ge=1)
+    # the mode the stage applies its candidates in: sequential scores each as it would be delivered
+    # when applied block by block on the pruned earlier blocks (slower: a sequential prune per candidate)
+    mode: Literal["one-shot", "sequential"] = "one-shot"
 
 
 class StageReconstruction(_Strict):
