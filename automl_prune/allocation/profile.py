@@ -24,7 +24,6 @@ import json
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from ..calibration.stats import LinearStats
 from ..models.adapters import decoder_blocks, prunable_linears
+from ..models.offload import read_block
 from .esd import Window, esd_alpha
 
 ALPHA_CACHE_VERSION = 1
@@ -120,8 +120,8 @@ class ModelProfile:
         if stats is not None:
             if len(stats) != len(blocks):
                 raise ValueError(f"statistics cover {len(stats)} blocks but the model has {len(blocks)}")
-            for i, block in enumerate(blocks):
-                with (store.loaded(i, writable=False) if store is not None else nullcontext(block)) as block:
+            for i in range(len(blocks)):
+                with read_block(blocks, i, store) as block:
                     tail, size, count = _owl_block(prunable_linears(block), stats[i], owl_floor, owl_knots)
                 prof.owl_tails.append(tail)
                 prof.owl_tail_sizes.append(size)
@@ -212,8 +212,8 @@ def layer_alphas(
             pass  # unreadable entry: recompute and overwrite
     start = time.perf_counter()
     alphas = []
-    for i, b in enumerate(blocks):
-        with (store.loaded(i, writable=False) if store is not None else nullcontext(b)) as b:
+    for i in range(len(blocks)):
+        with read_block(blocks, i, store) as b:
             alphas.append([esd_alpha(lin.weight, window=window) for lin in prunable_linears(b).values()])
     seconds = round(time.perf_counter() - start, 3)
     info = dict(alpha_cache="miss" if path else "off", alpha_seconds=seconds, alpha_window=window)

@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from ..integrity import hash_problem, sha256_bytes, sha256_file
+from ..models.offload import read_block
 from .stats import LinearStats
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def model_fingerprint(blocks: list[nn.Module], linears_of, store=None) -> str:
     sum and absolute sum, and a strided sample of at most 65,536 values per matrix. ``store``:
     offloaded blocks are brought in one at a time (the same hash as in memory)."""
     h = hashlib.blake2b(digest_size=16)
-    for i, block in enumerate(blocks):
-        with (store.loaded(i, writable=False) if store is not None else nullcontext(block)) as block:
+    for i in range(len(blocks)):
+        with read_block(blocks, i, store) as block:
             _fingerprint_block(h, i, block, linears_of)
     return h.hexdigest()
 

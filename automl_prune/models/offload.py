@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -200,6 +200,13 @@ class BlockStore:
     def describe(self) -> dict:
         return dict(offload=self.mode, folder=str(self.folder) if self.folder else None, blocks=len(self.blocks),
                     block_mib=round(max(self.block_bytes(i) for i in range(len(self.blocks))) / 2**20, 1))
+
+
+def read_block(blocks: list[nn.Module], i: int, store: "BlockStore | None" = None):
+    """Block ``i`` to read, wherever its weights live: as it is in memory, or brought in from the
+    store for the body of the ``with`` (read-only). Callers that only read blocks need not know
+    whether the model is offloaded."""
+    return store.loaded(i, writable=False) if store is not None else nullcontext(blocks[i])
 
 
 @contextmanager
