@@ -21,7 +21,18 @@ def test_the_gpu_check_runs_on_the_cpu_with_tiny_settings(tmp_path, data_dir):
     assert run.returncode == 0, run.stderr[-3000:]
     for stem in ("tiny-search-throughput", "tiny-kl-cost", "tiny-capture-cost", "memory-scaling"):
         assert (out / f"{stem}.json").is_file() and (out / f"{stem}.md").is_file(), stem
-    assert json.loads((out / "tiny-search-throughput.json").read_text())  # figures, not an empty file
+    # what each benchmark measured (these runs are the benchmarks' smoke tests too)
+    search = json.loads((out / "tiny-search-throughput.json").read_text())
+    assert search["reload_per_candidate"]["candidates"] == 1 and search["peak_rss_mib_cached"] > 0
+    assert search["reload_vs_cached"] > 1  # reloading and recalibrating costs more than a cached candidate
+    assert "reload-per-candidate" in (out / "tiny-search-throughput.md").read_text()
+    kl = json.loads((out / "tiny-kl-cost.json").read_text())
+    assert [r["tokens"] for r in kl["rows"]] == [64, 256]
+    assert all(r["candidate_seconds"] > 0 and r["vs_heldout"] > 0 for r in kl["rows"])
+    assert kl["heldout_tokens"] > 0 and kl["heldout_ppl"] > 1 and "/ held-out evaluation" in (out / "tiny-kl-cost.md").read_text()
+    assert "plain forward" in (out / "tiny-capture-cost.md").read_text()
+    memory = json.loads((out / "memory-scaling.json").read_text())
+    assert {(r["blocks"], r["offload"]) for r in memory["rows"]} == {(2, "none"), (2, "disk"), (4, "none"), (4, "disk")}
     assert "done: results in" in run.stdout and "tests of the CUDA paths" not in run.stdout  # no CUDA tests on a CPU
 
 
