@@ -19,48 +19,20 @@ the speed; runs with any checkout whose `automl_prune.cli.main` takes the search
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGES = ("automl_prune", "objectives", "search_spaces")
-
-
-def modules(root: Path) -> dict[str, Path]:
-    out = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            parts = path.relative_to(root).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return out
+from import_graph import imports, modules
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
-    """Module -> the project modules it imports (anywhere in the file)."""
+    """Module -> the project modules it imports (anywhere in the file; the package face, which only
+    hands names on, left out)."""
     mods = modules(root)
-    graph = {}
-    for name, path in mods.items():
-        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
-                    if node.level else node.module
-                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
-            else:
-                continue
-            for target in names:
-                while target and target not in mods:
-                    target = target.rpartition(".")[0]
-                if target and target != name and target != "automl_prune":  # the package face hands names on
-                    targets.add(target)
-        graph[name] = targets
-    return graph
+    return {name: {t for t, _, _ in imports(name, path, mods) if t != "automl_prune"} for name, path in mods.items()}
 
 
 def floors(graph: dict[str, set[str]]) -> dict[str, int]:

@@ -13,15 +13,17 @@ import sys
 from pathlib import Path
 
 
-def write_tiny_llama(out: Path, *, layers: int = 3, hidden: int = 64, seed: int = 0) -> Path:
+def write_tiny_llama(out: Path, *, layers: int = 3, hidden: int = 64, seed: int = 0, tokenizer=None) -> Path:
+    """The tiny Llama in ``out``; ``tokenizer``: SmolLM2's, when the caller has it loaded already."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from automl_prune.models.aliases import get_alias
-    from automl_prune.models.gguf_cache import default_cache_dir
+    if tokenizer is None:
+        from automl_prune.models.aliases import get_alias
+        from automl_prune.models.gguf_cache import default_cache_dir
 
-    gguf = get_alias("smollm2-135m").locate(default_cache_dir()).path
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        gguf = get_alias("smollm2-135m").locate(default_cache_dir()).path
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,

@@ -9,10 +9,13 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # tiny_model.py, import_graph.py
 
 import ci_requires
 from ci_requires import SMOLLM2_GGUF, missing, smollm2_dir
@@ -166,19 +169,11 @@ def smollm2(session_cache):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     """A tiny random Llama with SmolLM2's vocabulary and tokenizer, saved as a local HF folder,
-    so whole searches run end to end in seconds on real text."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    so whole searches run end to end in seconds on real text (scripts/tiny_model.py, which the GPU
+    check uses too)."""
+    from tiny_model import write_tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=smollm2_tokenizer.bos_token_id, eos_token_id=smollm2_tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config).eval()
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    smollm2_tokenizer.save_pretrained(out)
-    return out
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer=smollm2_tokenizer)
 
 
 @pytest.fixture(scope="module")

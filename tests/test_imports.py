@@ -4,53 +4,23 @@ the graph has no cycle even if every deferred import were hoisted."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from import_graph import imports, modules  # scripts/ (on the path: conftest.py), shared with call_chain.py
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("automl_prune", "search_spaces", "objectives")
 
 
 def _modules() -> dict[str, Path]:
-    out = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return out
-
-
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
-    """(imported project module, line, inside a function) for every import of ``name``."""
-    tree = ast.parse(path.read_text())
-    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   for n in ast.walk(f) if n is not f}
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
-                if node.level else node.module
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in modules:  # `import a.b.c` imports the module a.b.c names
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                out.append((target, node.lineno, id(node) in in_function))
-    return out
+    return modules(ROOT)
 
 
 def _graph() -> tuple[dict[str, set[str]], list[tuple[str, str, int]]]:
     modules = _modules()
     graph, deferred = {m: set() for m in modules}, []
     for name, path in modules.items():
-        for target, line, inside in _imports(name, path, modules):
+        for target, line, inside in imports(name, path, modules):
             graph[name].add(target)
             if inside:
                 deferred.append((name, target, line))

@@ -87,8 +87,7 @@ def _run_study(definition: Study, study, out: Path, *, progress: bool, final: bo
         log.warning("trials %s were left running by a driver that stopped: marked failed, their candidates queued again",
                     ", ".join(map(str, orphans)))
     for phase in PHASES:
-        if phase.checks_config:
-            phase.check(config, definition.url)
+        phase.check(config, definition.url)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     memory = search_memory(config)  # before the model loads: a worker that cannot fit is refused with the figures
     ctx, profile, space = load_search(definition, progress=progress)

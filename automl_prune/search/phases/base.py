@@ -58,7 +58,6 @@ class Phase:
     """One step of a study run (see the module's docstring)."""
 
     name = "phase"  # its label in the log and in meta.json's "phases"
-    checks_config = False  # True: ``check`` refuses some configs (the runner calls it before the model loads)
 
     def check(self, config: StudyConfig, url: str) -> None:
         """Refuse a config this phase cannot run, before the model is loaded (default: nothing to check)."""

@@ -161,12 +161,12 @@ def final_comparison(state: SearchState, *, polished: list[PolishResult] | None 
         for method in progress_bar(cfg.baselines, desc="final: baselines", unit="plan", **bar):
             try:
                 named = baseline_plan(method, sparsity, pattern, state)
+                values = score_candidate(state.ctx, named, state.objectives).values  # the objectives read it one-shot
             except Exception as exc:  # noqa: BLE001 - a baseline that fails is reported, not fatal
                 log.warning("baseline %s failed: %s", method, exc)
                 continue
             for mode, plan in in_modes(named, modes):
                 try:
-                    values = score_candidate(state.ctx, plan.with_fields(mode="one-shot"), state.objectives).values
                     ppl, realised, _ = heldout(plan)
                 except Exception as exc:  # noqa: BLE001 - as above
                     log.warning("baseline %s (%s) failed: %s", method, mode, exc)

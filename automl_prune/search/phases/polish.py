@@ -162,7 +162,6 @@ class PolishPhase(Phase):
     """Polishing of a sparsity front's points (``polish:``), before the final comparison."""
 
     name = "polish"
-    checks_config = True
 
     def check(self, config, url: str) -> None:
         check_polish_studies(config, url)

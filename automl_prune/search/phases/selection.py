@@ -121,8 +121,10 @@ def run_selection(state: SearchState, *, chosen: int | None = None, progress: bo
             stored["stages"][i] = values
             state.study.set_user_attr(ATTR, stored)  # after every candidate: a kill loses at most one
 
-        score_stage(state.ctx, objective, {str(t.number): study_plan(config, t.user_attrs["plan"]).with_fields(mode=stage.mode)
-                                           for t in current},
+        plans = {str(t.number): study_plan(config, t.user_attrs["plan"]) for t in current}
+        if stage.mode != "one-shot":
+            plans = {k: plan.with_fields(mode=stage.mode) for k, plan in plans.items()}
+        score_stage(state.ctx, objective, plans,
                     windows=windows.input_ids, done=values["values"], on_value=keep, label=f"selection stage {i + 1}",
                     progress=progress)
         scored = [t for t in current if values["values"].get(str(t.number)) is not None]

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from objectives import make_objective
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from objectives import make_objective
 from search_spaces import make_space
 
 from ...data.settings import Calibration, Heldout
